@@ -1,0 +1,195 @@
+# Independent safety limiter: asked before every pulse, it counts only pulses actually commanded.
+# It shares no code with the scheduler, so a scheduler bug cannot push delivery past a limit.
+
+try:
+    from array import array
+except ImportError:  # pragma: no cover - both runtimes have array
+    array = None
+
+from pump import limits as L
+from pump.compat import const
+from pump.intmath import ceil_div
+
+_BUCKETS = const(1441)  # one-minute buckets: 24 h plus the current minute, counted whole
+_SMALL = const(0x3FFFFFFF)  # largest ESP32 small int; the pulse path stays below it
+
+
+class Limiter:
+    """Rolling 24 h dose and maximum-rate gate over commanded pulses.
+
+    The window is kept in one-minute buckets and the oldest bucket is counted whole, so the
+    count can only be higher than the true rolling dose: the limiter errs on the side of
+    blocking. Doses per pulse are exact (whole ng plus a carried remainder).
+    """
+
+    def __init__(self, calib, lim, conc_ug_per_ml):
+        self._num = calib.ml_num
+        self._den = calib.ml_den
+        if self._den > _SMALL:
+            raise ValueError("calibration denominator too large for the limiter")
+        self.max_24h_ng = lim.max_24h_ng
+        self.max_rate_nl_per_day = lim.max_rate_nl_per_day
+        # Shortest gap between pulses at the maximum rate, in whole ms (rounded down: pulses
+        # land on millisecond edges, so a correct schedule can be up to 1 ms early).
+        self.min_gap_ms = (calib.ml_num * 10**6 * L.DAY_MS) // (
+            calib.ml_den * lim.max_rate_nl_per_day
+        )
+        self._buckets = array("i", [0] * _BUCKETS) if array else [0] * _BUCKETS
+        self._cur = -1  # absolute minute index of the newest bucket
+        self._pos = 0  # its slot in the ring
+        self.window_ng = 0
+        self._acc = 0  # carried dose remainder, in 1/den ng
+        self._last_day = -1
+        self._last_t = 0
+        self.blocked = 0
+        self.pulses = 0
+        self._conc = conc_ug_per_ml
+        self._next_conc = conc_ug_per_ml
+        self._bridge_left = 0
+        self._set_dose(conc_ug_per_ml)
+        self._next_whole = self._whole
+        self._next_remc = self._remc
+
+    def _dose_of(self, conc):
+        # Exact dose of one pulse: whole ng, and the complement (den - remainder) of the rest.
+        per = self._num * conc * 1000
+        return per // self._den, self._den - per % self._den
+
+    def _set_dose(self, conc):
+        self._whole, self._remc = self._dose_of(conc)
+
+    def set_limits(self, lim, calib):
+        self.max_24h_ng = lim.max_24h_ng
+        self.max_rate_nl_per_day = lim.max_rate_nl_per_day
+        self.min_gap_ms = (calib.ml_num * 10**6 * L.DAY_MS) // (
+            calib.ml_den * lim.max_rate_nl_per_day
+        )
+
+    def on_refill(self, new_conc, bridge_pulses):
+        """A concentration change: the next bridge_pulses pulses still carry the old drug."""
+        self._next_conc = new_conc
+        # Worked out now: the pulse path must not multiply big numbers when the bridge ends.
+        self._next_whole, self._next_remc = self._dose_of(new_conc)
+        self._bridge_left = bridge_pulses
+        if bridge_pulses == 0:
+            self._conc = new_conc
+            self._set_dose(new_conc)
+
+    def pulse_ng_ceil(self):
+        return self._whole + (1 if self._remc != self._den else 0)
+
+    def _roll(self, minute):
+        # Retire buckets older than the window; loops at most _BUCKETS times, allocates nothing.
+        if self._cur < 0:
+            self._cur = minute
+            return
+        steps = minute - self._cur
+        if steps <= 0:
+            return
+        if steps >= _BUCKETS:
+            b = self._buckets
+            for i in range(_BUCKETS):
+                b[i] = 0
+            self.window_ng = 0
+            self._cur = minute
+            return
+        b = self._buckets
+        pos = self._pos
+        while steps:
+            pos += 1
+            if pos == _BUCKETS:
+                pos = 0
+            self.window_ng -= b[pos]
+            b[pos] = 0
+            steps -= 1
+        self._pos = pos
+        self._cur = minute
+
+    def allow(self, day, t_ms):
+        """Ask before a pulse at (day, t_ms); True records it as commanded, False blocks it."""
+        if self._last_day >= 0:
+            dd = day - self._last_day
+            if dd < 2:
+                gap = t_ms - self._last_t + (L.DAY_MS if dd else 0)
+                if gap < self.min_gap_ms:
+                    self.blocked += 1
+                    return False
+        self._roll(day * L.MINUTES_PER_DAY + t_ms // L.MIN_MS)
+        # acc + rem could pass 2**30 for a large denominator; subtract the complement instead.
+        inc = self._whole
+        acc = self._acc - self._remc
+        if acc < 0:
+            acc += self._den
+        else:
+            inc += 1
+        # +1 ng: the carried remainder means the true dose may sit just above the whole count.
+        if self.window_ng + inc + 1 > self.max_24h_ng:
+            self.blocked += 1
+            return False
+        self._acc = acc
+        self.window_ng += inc
+        self._buckets[self._pos] += inc
+        self._last_day = day
+        self._last_t = t_ms
+        self.pulses += 1
+        if self._bridge_left:
+            self._bridge_left -= 1
+            if not self._bridge_left:
+                self._conc = self._next_conc
+                self._whole = self._next_whole
+                self._remc = self._next_remc
+        return True
+
+    def margin_ng(self, peak_rate_ng_per_day):
+        """Dose a correct programme must leave free below the limit (see the class docstring).
+
+        One pulse (credit carried from before a window), one extra minute at the peak rate
+        (the whole oldest bucket) and 2 ng of rounding.
+        """
+        return self.pulse_ng_ceil() + ceil_div(peak_rate_ng_per_day, L.MINUTES_PER_DAY) + 2
+
+    def window_ok(self, day, t_ms, future_ng, margin_ng):
+        """Would every rolling window ending in the next 24 h stay within the limit?
+
+        future_ng[k] is the dose expected in minute (now + k) for k = 0..1440, counted early
+        (a bolus's whole dose in its first minute), which only makes this check stricter.
+        Changes nothing in the limiter.
+        """
+        now = day * L.MINUTES_PER_DAY + t_ms // L.MIN_MS
+        b = self._buckets
+        past = self.window_ng
+        shift = now - self._cur if self._cur >= 0 else _BUCKETS
+        dropped = 0
+        fut = 0
+        limit = self.max_24h_ng - margin_ng
+        for k in range(_BUCKETS):
+            # A window ending at minute now+k no longer holds the (shift + k) oldest buckets.
+            want = shift + k
+            while dropped < want and dropped < _BUCKETS:
+                dropped += 1
+                past -= b[(self._pos + dropped) % _BUCKETS]
+            fut += future_ng[k]
+            if past + fut > limit:
+                return False
+        return True
+
+
+def project(rx, mode_rate_ng_per_day, tod_min, extra_ng=0):
+    """Expected dose per minute for the next 24 h + 1 min, from the programme alone.
+
+    rx is the active prescription, or None when only a fixed rate runs (minimum or stopped,
+    given as mode_rate_ng_per_day). tod_min is the current minute of the day. extra_ng (active
+    and requested boluses) is placed in the first minute.
+    """
+    out = [0] * _BUCKETS
+    for k in range(_BUCKETS):
+        m = (tod_min + k) % L.MINUTES_PER_DAY
+        rate = mode_rate_ng_per_day if rx is None else rx.step_rate_at(m)
+        dose = ceil_div(rate, L.MINUTES_PER_DAY)
+        if rx is not None:
+            for start, bolus_ng, _dur in rx.periodic:
+                if start == m:
+                    dose += bolus_ng
+        out[k] = dose
+    out[0] += extra_ng
+    return out
