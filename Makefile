@@ -48,7 +48,7 @@ build/trace.json: $(STAMP) $(TRACE_INPUTS)
 trace: build/trace.json ## requirement/test matrix (re-runs the tests if results are stale)
 	$(VPY) tools/trace.py
 
-bench: $(STAMP) ## bench-rig run (tools/bench.py), writes build/bench.json
+bench: $(STAMP) mpy ## bench-rig run (tools/bench.py), writes build/bench.json
 	$(VPY) tools/bench.py
 
 sim: $(STAMP) ## run the simulator (tools/sim.py)

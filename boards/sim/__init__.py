@@ -1,0 +1,1 @@
+# The simulated board: the reference syringe rig, run on the host.

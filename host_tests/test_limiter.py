@@ -1,0 +1,208 @@
+# The independent safety limiter: never exceeded under any command sequence, and it stops a
+# scheduler that misbehaves. The truth here is an exact rolling sum over the pulse log.
+
+from collections import deque
+from fractions import Fraction as F
+
+import pytest
+from hypothesis import HealthCheck, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
+
+from host_tests.exactness import REF_CALIB
+from host_tests.gen import DataChooser, gen_bolus, gen_rx
+from pump import engine as E
+from pump import limits as L
+from pump import rx as RX
+from pump.limiter import Limiter
+
+DAY = L.DAY_MS
+
+
+class PulseLog:
+    """Exact rolling 24 h dose over commanded pulses, from the calibration alone."""
+
+    def __init__(self, calib):
+        self.q_ml = F(calib.ml_num, calib.ml_den)
+        self.window = deque()
+        self.sum_ng = F(0)
+        self.peak_ng = F(0)
+        self.count = 0
+
+    def add(self, t_ms, conc):
+        dose = self.q_ml * conc * 1000
+        self.window.append((t_ms, dose))
+        self.sum_ng += dose
+        while self.window[0][0] <= t_ms - DAY:
+            self.sum_ng -= self.window.popleft()[1]
+        self.peak_ng = max(self.peak_ng, self.sum_ng)
+        self.count += 1
+
+
+def _setup(lim, rx, engine_cls=E.Engine):
+    limiter = Limiter(REF_CALIB, lim, rx.conc_ug_per_ml)
+    eng = engine_cls(REF_CALIB, limiter, lim, rx.conc_ug_per_ml)
+    log = PulseLog(REF_CALIB)
+    return eng, log
+
+
+class LimiterMachine(RuleBasedStateMachine):
+    """Random clinician and patient commands with time passing in between."""
+
+    @initialize(data=st.data(), max_24h_ug=st.integers(200, 3000))
+    def setup(self, data, max_24h_ug):
+        self.lim = L.ClinicianLimits(
+            max_24h_ug * 1000, L.HARD_MAX_BOLUS_NG, L.HARD_MAX_RATE_NL_PER_DAY, 30
+        )
+        self.g = DataChooser(data)
+        rx = gen_rx(self.g, max_rate_ng=max_24h_ug * 1000)
+        self.eng, self.log = _setup(self.lim, rx)
+        self.eng.program(rx, confirm=True)
+        self.refused = 0
+
+    def _on_pulse(self, t):
+        self.log.add(t, self.eng.conc)
+
+    # Time is drawn in hours plus milliseconds: plain integer draws favour tiny values, and
+    # the limit is only met when days of delivery pile up.
+    @rule(hours=st.integers(0, 30), ms=st.integers(1, 3_599_999))
+    def advance(self, hours, ms):
+        self.eng.run_until(self.eng.now_ms() + hours * 3_600_000 + ms, self._on_pulse)
+
+    @rule(days=st.integers(1, 3))
+    def advance_days(self, days):
+        self.eng.run_until(self.eng.now_ms() + days * DAY, self._on_pulse)
+
+    @rule(confirm=st.booleans())
+    def program(self, confirm):
+        rx = gen_rx(self.g, self.eng._next_conc, max_rate_ng=self.lim.max_24h_ng)
+        self._count(self.eng.program(rx, confirm=confirm))
+
+    @rule(pct=st.integers(50, 100), confirm=st.booleans(), patient=st.integers(0, 4))
+    def program_near_limit(self, pct, confirm, patient):
+        # Basal alone close to the limit, so boluses and programme changes meet the limit.
+        conc = self.eng._next_conc
+        rate = self.lim.max_24h_ng * pct // 100 // 10 * 10
+        extra = {}
+        if patient:
+            extra = dict(patient_dose_ng=self.lim.max_24h_ng // 20, patient_duration_s=600,
+                         patient_lockout_s=1800, patient_max_per_24h=patient)  # fmt: skip
+        self._count(self.eng.program(RX.continuous(conc, rate, **extra), confirm=confirm))
+
+    @rule(pct=st.integers(1, 30))
+    def large_bolus(self, pct):
+        dose = min(self.lim.max_24h_ng * pct // 100, L.HARD_MAX_BOLUS_NG)
+        self._count(self.eng.clinician_bolus(dose, 3600))
+
+    @rule()
+    def clinician_bolus(self):
+        self._count(self.eng.clinician_bolus(*gen_bolus(self.g, self.eng.conc)))
+
+    @rule()
+    def patient_bolus(self):
+        self._count(self.eng.patient_bolus())
+
+    @rule(mode=st.sampled_from((E.MODE_MINIMUM, E.MODE_STOPPED)))
+    def set_mode(self, mode):
+        self._count(self.eng.set_mode(mode))
+
+    @rule(conc=st.sampled_from(L.CONCENTRATIONS_UG_PER_ML), dead=st.integers(0, 300_000))
+    def change_concentration(self, conc, dead):
+        rx = self.eng.rx.with_concentration(conc) if self.eng.rx else RX.continuous(conc, 0)
+        self._count(self.eng.change_concentration(rx, dead))
+
+    @rule(volume=st.integers(1, 300_000))
+    def prime(self, volume):
+        self._count(self.eng.prime(volume))
+
+    def _count(self, result):
+        if result is not None:
+            self.refused += 1
+
+    @invariant()
+    def rolling_limit_never_exceeded(self):
+        if hasattr(self, "log"):
+            assert self.log.peak_ng <= self.lim.max_24h_ng
+
+    @invariant()
+    def accepted_commands_never_trip_the_limiter(self):
+        # The limiter's margin is reserved at validation, so a correct schedule never meets it.
+        if hasattr(self, "eng"):
+            assert self.eng.limiter.blocked == 0
+            assert not self.eng.fault
+
+
+LimiterMachine.TestCase.settings = settings(
+    max_examples=max(20, settings.default.max_examples // 2),
+    stateful_step_count=40,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
+)
+TestLimiterMachine = pytest.mark.req("SR-31", "SR-07", "SR-14")(LimiterMachine.TestCase)
+
+
+class RunawayEngine(E.Engine):
+    """A scheduler with a bug: it runs three times the programmed rate."""
+
+    def _rate_ru(self):
+        return 3 * E.Engine._rate_ru(self)
+
+
+@pytest.mark.req("SR-31")
+def test_limiter_stops_a_runaway_scheduler_at_the_daily_limit():
+    lim = L.ClinicianLimits(800_000, 100_000, L.HARD_MAX_RATE_NL_PER_DAY, 30)
+    rx = RX.continuous(500, 500_000)
+    eng, log = _setup(lim, rx, RunawayEngine)
+    assert eng.program(rx, confirm=True) is None
+    eng.run_until(3 * DAY, lambda t: log.add(t, eng.conc))
+    assert eng.fault and eng.limiter.blocked == 1
+    assert log.peak_ng <= lim.max_24h_ng
+    # Blocked means stopped: no further pulses however long we wait, mode unchanged.
+    n = eng.delivered
+    eng.run_until(5 * DAY)
+    assert eng.delivered == n
+    assert eng.mode == E.MODE_PROGRAM
+    assert eng.wait_ms() > 0
+
+
+@pytest.mark.req("SR-31")
+def test_limiter_blocks_pulses_closer_than_the_maximum_rate_allows():
+    lim = L.ClinicianLimits(3_000_000, 100_000, 1_000_000, 30)
+    li = Limiter(REF_CALIB, lim, 500)
+    # 660.52 nL per pulse at 1 mL/day is one pulse per 57,068.9 ms.
+    assert li.min_gap_ms == 57_068
+    assert li.allow(0, 1_000)
+    assert not li.allow(0, 1_000 + 57_067)
+    assert li.allow(0, 1_000 + 57_068)
+    assert li.blocked == 1 and li.pulses == 2
+
+
+@pytest.mark.req("SR-31")
+def test_limiter_counts_bridge_pulses_at_the_old_strength():
+    lim = L.ClinicianLimits(3_000_000, 100_000, L.HARD_MAX_RATE_NL_PER_DAY, 30)
+    li = Limiter(REF_CALIB, lim, 500)
+    li.on_refill(2000, 2)
+    for i in range(3):
+        assert li.allow(0, i * 10_000)
+    # Two pulses at 500 ug/mL (330.26 ng each), then one at 2000 ug/mL (1321.04 ng); each
+    # whole-ng step is exact to within the carried remainder.
+    exact = 2 * F(59711 * 500 * 1000, 90_400_000) + F(59711 * 2000 * 1000, 90_400_000)
+    assert exact - 1 < li.window_ng <= exact
+
+
+@pytest.mark.req("SR-31")
+def test_window_check_refuses_what_the_gate_would_block_and_changes_nothing():
+    lim = L.ClinicianLimits(100_000, 100_000, L.HARD_MAX_RATE_NL_PER_DAY, 30)
+    li = Limiter(REF_CALIB, lim, 500)
+    t = 0
+    while li.window_ng < 90_000:
+        assert li.allow(0, t)
+        t += 3_000
+    before = (li.window_ng, list(li._buckets), li._cur, li._pos)
+    future = [0] * 1441
+    future[0] = 100_000 - li.window_ng  # exactly fills the limit: no margin left
+    assert not li.window_ok(0, t, future, li.margin_ng(0))
+    future[0] = 1_000
+    assert li.window_ok(0, t, future, li.margin_ng(0))
+    # A dose placed 24 h + 1 min later sees the whole past window gone.
+    future = [0] * 1441
+    assert (li.window_ng, list(li._buckets), li._cur, li._pos) == before
