@@ -13,7 +13,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT / "firmware"), str(ROOT)]
 
-from host_tests.exactness import REF_CALIB, GENEROUS, rx_valid, run_timeline  # noqa: E402
+from host_tests.exactness import GENEROUS, REF_CALIB, run_timeline, rx_valid  # noqa: E402
 from host_tests.gen import RandomChooser, gen_timeline  # noqa: E402
 from pump import engine as E  # noqa: E402
 from pump import limits as L  # noqa: E402
