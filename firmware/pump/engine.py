@@ -282,6 +282,12 @@ class Engine:
 
     # ---- requests (each refused whole, or applied at the current instant) ----
 
+    def _logged(self, request, refusal):
+        # Every refusal is an event too: what was asked, why it was refused, about which field.
+        if refusal is not None:
+            self.log("refused", request, refusal.code, refusal.field)
+        return refusal
+
     def _begin(self):
         self._y = self._needed()
 
@@ -304,6 +310,9 @@ class Engine:
 
     def program(self, rx, confirm=False):
         """Make rx the running programme (clinician). Returns None, or a Refusal."""
+        return self._logged("program", self._program(rx, confirm))
+
+    def _program(self, rx, confirm=False):
         if self.fault:
             return Refusal(R.FAULTED, "mode")
         if rx.conc_ug_per_ml != self._next_conc:
@@ -352,6 +361,9 @@ class Engine:
 
     def set_mode(self, mode):
         """Minimum rate or stopped, by explicit clinician command only."""
+        return self._logged("set_mode", self._set_mode(mode))
+
+    def _set_mode(self, mode):
         if mode not in (MODE_MINIMUM, MODE_STOPPED):
             return Refusal(R.BAD_MODE, "mode")
         if self.fault:
@@ -365,6 +377,9 @@ class Engine:
 
     def clear_fault(self):
         """Clinician acknowledges a limiter block; delivery restarts from a fresh pulse credit."""
+        return self._logged("clear_fault", self._clear_fault())
+
+    def _clear_fault(self):
         if not self.fault:
             return Refusal(R.BAD_MODE, "fault")
         self.fault = False
@@ -399,9 +414,11 @@ class Engine:
 
     def clinician_bolus(self, dose_ng, duration_s):
         """A single bolus on top of the running programme, then back to it."""
+        return self._logged("clinician_bolus", self._clinician_bolus(dose_ng, duration_s))
+
+    def _clinician_bolus(self, dose_ng, duration_s):
         bad = self._bolus_checks(dose_ng, duration_s, K_CLINICIAN, "bolus")
         if bad:
-            self.log("bolus_refused", "clinician", bad.code)
             return bad
         self._begin()
         self._add_stream(K_CLINICIAN, dose_ng * _RUMS_PER_NG, dose_ng, duration_s * 1000)
@@ -410,9 +427,11 @@ class Engine:
 
     def patient_bolus(self):
         """A patient-remote request: the dose and duration come from the programme."""
+        return self._logged("patient_bolus", self._patient_bolus())
+
+    def _patient_bolus(self):
         bad = self._patient_checks()
         if bad:
-            self.log("bolus_refused", "patient", bad.code)
             return bad
         rx = self.rx
         self._begin()
@@ -445,6 +464,9 @@ class Engine:
 
     def prime(self, volume_nl):
         """Fill the catheter's dead volume at the maximum rate; only from the stopped mode."""
+        return self._logged("prime", self._prime(volume_nl))
+
+    def _prime(self, volume_nl):
         if self.fault:
             return Refusal(R.FAULTED, "mode")
         if self.mode != MODE_STOPPED or self._streams:
@@ -473,6 +495,9 @@ class Engine:
         The dead volume (pump tubing and catheter) still holds the old drug, so it is delivered
         at the old concentration (the bridge bolus) before the new concentration applies.
         """
+        return self._logged("change_concentration", self._change_concentration(rx, dead_volume_nl))
+
+    def _change_concentration(self, rx, dead_volume_nl):
         if self.fault:
             return Refusal(R.FAULTED, "mode")
         if self._next_conc != self.conc:
