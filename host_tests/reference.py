@@ -127,7 +127,7 @@ class Programmed:
                 self.add_stream(dose, dur_s * 1000, "periodic")
 
     def set_mode(self, mode):
-        self.cancel_periodic()
+        self.streams = []  # minimum rate and stopped end every bolus
         self.mode = mode
 
     def prime(self, volume_nl, max_rate_nl_per_day):

@@ -206,3 +206,20 @@ def test_window_check_refuses_what_the_gate_would_block_and_changes_nothing():
     # A dose placed 24 h + 1 min later sees the whole past window gone.
     future = [0] * 1441
     assert (li.window_ng, list(li._buckets), li._cur, li._pos) == before
+
+
+@pytest.mark.req("SR-01", "SR-32")
+def test_new_limits_must_still_hold_the_running_programme():
+    lim = L.ClinicianLimits(1_000_000, 100_000, L.HARD_MAX_RATE_NL_PER_DAY, 30)
+    rx = RX.continuous(500, 600_000)
+    eng, _log = _setup(lim, rx)
+    assert eng.program(rx, confirm=True) is None
+    tight = L.ClinicianLimits(500_000, 100_000, L.HARD_MAX_RATE_NL_PER_DAY, 30)
+    assert eng.set_limits(tight) is not None
+    assert eng.lim is lim and eng.limiter.max_24h_ng == 1_000_000
+    looser = L.ClinicianLimits(2_000_000, 50_000, 2_000_000, 20)
+    assert eng.set_limits(looser) is None
+    assert eng.lim is looser
+    # The limiter takes the new limits too: its rate gate follows the new maximum flow.
+    assert eng.limiter.max_24h_ng == 2_000_000
+    assert eng.limiter.min_gap_ms == 660_520 * L.DAY_MS // (2_000_000 * 1000)

@@ -86,6 +86,11 @@ class Engine:
     """
 
     def __init__(self, calib, limiter, lim, conc_ug_per_ml, log=None):
+        bad = RX.validate_limits(lim)
+        if bad:
+            raise ValueError("clinician limits outside the hard limits: " + bad.message())
+        if conc_ug_per_ml not in L.CONCENTRATIONS_UG_PER_ML or not isinstance(conc_ug_per_ml, int):
+            raise ValueError("concentration is not an allowed strength")
         self.calib = calib
         self.scale = Scale(calib, L.CONCENTRATIONS_UG_PER_ML)
         self.limiter = limiter
@@ -111,6 +116,7 @@ class Engine:
         self._bound_at = L.DAY_MS
         self._streams = []
         self._patient_starts = []  # absolute ms of granted patient boluses, newest last
+        self._regimes = []  # (ended at ms, daily ng) of programmes and modes of the last 24 h
         self.wakeups = 0
         self.boundaries = 0
 
@@ -315,6 +321,10 @@ class Engine:
     def _program(self, rx, confirm=False):
         if self.fault:
             return Refusal(R.FAULTED, "mode")
+        # Plain validation first: the checks after it compute with the programme's fields.
+        bad = RX.validate(rx, self.lim)
+        if bad:
+            return bad
         if rx.conc_ug_per_ml != self._next_conc:
             return Refusal(R.NOT_ALLOWED, "conc_ug_per_ml")
         peak = RX.peak_rate_ng_per_day(rx)
@@ -324,16 +334,15 @@ class Engine:
         others = self._streams_rate_ng_excluding(K_PERIODIC)
         if not RX.vol_rate_ok(peak + others, self._flow_conc(), self.lim.max_rate_nl_per_day):
             return Refusal(R.RATE_LIMIT, "steps")
-        new_daily = RX.daily_dose_ng(rx)
-        ref = self.limiter.window_ng
-        if self.mode == MODE_PROGRAM:
-            ref = max(ref, RX.daily_dose_ng(self.rx))
-        if not confirm and new_daily * 100 > ref * (100 + self.lim.dose_step_pct):
+        if not confirm and RX.daily_dose_ng(rx) * 100 > self._step_reference_ng() * (
+            100 + self.lim.dose_step_pct
+        ):
             return Refusal(R.NEEDS_CONFIRM, "steps")
         if not self._projection_ok(rx, 0, 0, peak + others):
             return Refusal(R.DAILY_LIMIT, "steps")
         self._begin()
         self._cancel_streams((K_PERIODIC,))
+        self._end_regime()
         old = self.rx
         self.rx = rx
         self.mode = MODE_PROGRAM
@@ -341,6 +350,28 @@ class Engine:
         self._start_due_periodic()
         self._resegment()
         return None
+
+    def _end_regime(self):
+        # Remember the daily dose of the programme that ran until now, for the dose-step rule.
+        now = self.now_ms()
+        self._regimes = [r for r in self._regimes if r[0] > now - L.DAY_MS]
+        if self.mode == MODE_PROGRAM:
+            self._regimes.append((now, RX.daily_dose_ng(self.rx)))
+
+    def _step_reference_ng(self):
+        """The daily dose an unconfirmed increase is measured against.
+
+        The larger of the dose commanded in the last 24 h and the lowest daily dose of the
+        programmes that ran in the last 24 h, so unconfirmed steps cannot compound within a
+        day. Minimum rate and stopped do not count as programmes: restarting after them is
+        measured against what was actually delivered.
+        """
+        now = self.now_ms()
+        low = RX.daily_dose_ng(self.rx) if self.mode == MODE_PROGRAM else None
+        for until, daily in self._regimes:
+            if until > now - L.DAY_MS and (low is None or daily < low):
+                low = daily
+        return max(self.limiter.window_ng, low or 0)
 
     def _flow_conc(self):
         # During a bridge both strengths will run; the weaker one gives the faster flow.
@@ -359,6 +390,26 @@ class Engine:
             if start * L.MIN_MS == self._t:
                 self._add_stream(K_PERIODIC, dose * _RUMS_PER_NG, dose, dur_s * 1000)
 
+    def set_limits(self, lim):
+        """New clinician limits (clinician). The running programme must still satisfy them."""
+        return self._logged("set_limits", self._set_limits(lim))
+
+    def _set_limits(self, lim):
+        bad = RX.validate_limits(lim)
+        if bad:
+            return bad
+        if self.mode == MODE_PROGRAM:
+            bad = RX.validate(
+                self.rx, lim, self.limiter.margin_ng(RX.peak_rate_ng_per_day(self.rx))
+            )
+            if bad:
+                return bad
+        old = self.lim
+        self.lim = lim
+        self.limiter.set_limits(lim, self.calib)
+        self.log("limits", old.as_tuple(), lim.as_tuple())
+        return None
+
     def set_mode(self, mode):
         """Minimum rate or stopped, by explicit clinician command only."""
         return self._logged("set_mode", self._set_mode(mode))
@@ -369,7 +420,9 @@ class Engine:
         if self.fault:
             return Refusal(R.FAULTED, "mode")
         self._begin()
-        self._cancel_streams((K_PERIODIC,))
+        # Minimum rate and stopped deliver only what their name says: every bolus ends here.
+        self._cancel_streams((K_PERIODIC, K_CLINICIAN, K_PATIENT, K_PRIME))
+        self._end_regime()
         self.log("mode", self.mode, mode)
         self.mode = mode
         self._resegment()
@@ -473,7 +526,9 @@ class Engine:
             return Refusal(R.BAD_MODE, "mode")
         if self._next_conc != self.conc:
             return Refusal(R.BRIDGE_ACTIVE, "prime")
-        if not isinstance(volume_nl, int) or volume_nl < 1:
+        if not isinstance(volume_nl, int):
+            return Refusal(R.NOT_ALLOWED, "prime.volume_nl")
+        if volume_nl < 1:
             return Refusal(R.BELOW_MIN, "prime.volume_nl")
         if volume_nl > L.HARD_MAX_PRIME_NL:
             return Refusal(R.ABOVE_MAX, "prime.volume_nl")
@@ -505,28 +560,30 @@ class Engine:
         for s in self._streams:
             if s[_KIND] == K_PRIME:
                 return Refusal(R.BOLUS_ACTIVE, "conc_ug_per_ml")
-        if not isinstance(dead_volume_nl, int) or dead_volume_nl < 0:
+        if not isinstance(dead_volume_nl, int):
+            return Refusal(R.NOT_ALLOWED, "dead_volume_nl")
+        if dead_volume_nl < 0:
             return Refusal(R.BELOW_MIN, "dead_volume_nl")
         if dead_volume_nl > L.HARD_MAX_PRIME_NL:
             return Refusal(R.ABOVE_MAX, "dead_volume_nl")
+        bad = RX.validate(rx, self.lim)
+        if bad:
+            return bad
         new_c = rx.conc_ug_per_ml
-        if new_c not in L.CONCENTRATIONS_UG_PER_ML:
-            return Refusal(R.NOT_ALLOWED, "conc_ug_per_ml")
-        if self.rx is not None and self.mode == MODE_PROGRAM:
-            if rx.with_concentration(self.conc) != self.rx:
-                return Refusal(R.NOT_ALLOWED, "steps")
+        if self.rx is not None and rx.with_concentration(self.conc) != self.rx:
+            return Refusal(R.NOT_ALLOWED, "steps")
+        if self.mode == MODE_PROGRAM:
             bad = RX.validate(rx, self.lim, self.limiter.margin_ng(RX.peak_rate_ng_per_day(rx)))
             if bad:
                 return bad
         # Boluses already running continue at the new strength: their flow must still fit.
         base = self._streams_rate_ng()
+        room = self.lim.max_rate_nl_per_day
         if self.mode == MODE_PROGRAM:
             base += RX.peak_rate_ng_per_day(rx)
         elif self.mode == MODE_MINIMUM:
-            base = L.HARD_MAX_RATE_NL_PER_DAY  # flows are volume-based here; checked below
-        if self.mode != MODE_MINIMUM and not RX.vol_rate_ok(
-            base, min(new_c, self.conc), self.lim.max_rate_nl_per_day
-        ):
+            room -= L.HARD_MIN_RATE_NL_PER_DAY
+        if not RX.vol_rate_ok(base, min(new_c, self.conc), room):
             return Refusal(R.RATE_LIMIT, "conc_ug_per_ml")
         pulses = self.calib.pulses_for_nl(dead_volume_nl)
         self._begin()

@@ -27,6 +27,7 @@ class Limiter:
         self._den = calib.ml_den
         if self._den > _SMALL:
             raise ValueError("calibration denominator too large for the limiter")
+        self._check(lim)
         self.max_24h_ng = lim.max_24h_ng
         self.max_rate_nl_per_day = lim.max_rate_nl_per_day
         # Shortest gap between pulses at the maximum rate, in whole ms (rounded down: pulses
@@ -58,7 +59,17 @@ class Limiter:
     def _set_dose(self, conc):
         self._whole, self._remc = self._dose_of(conc)
 
+    @staticmethod
+    def _check(lim):
+        # The limiter's own check, not the scheduler's: it never enforces more than the hard
+        # limits allow, whatever it is given.
+        if not 0 < lim.max_24h_ng <= L.HARD_MAX_24H_NG:
+            raise ValueError("24 h dose limit outside the hard limit")
+        if not 0 < lim.max_rate_nl_per_day <= L.HARD_MAX_RATE_NL_PER_DAY:
+            raise ValueError("rate limit outside the hard limit")
+
     def set_limits(self, lim, calib):
+        self._check(lim)
         self.max_24h_ng = lim.max_24h_ng
         self.max_rate_nl_per_day = lim.max_rate_nl_per_day
         self.min_gap_ms = (calib.ml_num * 10**6 * L.DAY_MS) // (

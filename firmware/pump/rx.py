@@ -176,7 +176,7 @@ def validate(rx, lim, margin_ng=0):
     if bad:
         return bad
     conc = rx.conc_ug_per_ml
-    if conc not in L.CONCENTRATIONS_UG_PER_ML:
+    if not isinstance(conc, int) or conc not in L.CONCENTRATIONS_UG_PER_ML:
         return Refusal(R.NOT_ALLOWED, "conc_ug_per_ml")
     steps = rx.steps
     if not steps:
