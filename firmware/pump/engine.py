@@ -526,12 +526,9 @@ class Engine:
             return Refusal(R.BAD_MODE, "mode")
         if self._next_conc != self.conc:
             return Refusal(R.BRIDGE_ACTIVE, "prime")
-        if not isinstance(volume_nl, int):
-            return Refusal(R.NOT_ALLOWED, "prime.volume_nl")
-        if volume_nl < 1:
-            return Refusal(R.BELOW_MIN, "prime.volume_nl")
-        if volume_nl > L.HARD_MAX_PRIME_NL:
-            return Refusal(R.ABOVE_MAX, "prime.volume_nl")
+        bad = RX.check_range(volume_nl, 1, L.HARD_MAX_PRIME_NL, "prime.volume_nl")
+        if bad:
+            return bad
         rate_ru = self.lim.max_rate_nl_per_day * self.conc // 10000
         # Priming counts toward the rolling dose limit: the catheter may not be as empty as
         # assumed, and the limiter cannot tell drug from saline.
@@ -560,12 +557,9 @@ class Engine:
         for s in self._streams:
             if s[_KIND] == K_PRIME:
                 return Refusal(R.BOLUS_ACTIVE, "conc_ug_per_ml")
-        if not isinstance(dead_volume_nl, int):
-            return Refusal(R.NOT_ALLOWED, "dead_volume_nl")
-        if dead_volume_nl < 0:
-            return Refusal(R.BELOW_MIN, "dead_volume_nl")
-        if dead_volume_nl > L.HARD_MAX_PRIME_NL:
-            return Refusal(R.ABOVE_MAX, "dead_volume_nl")
+        bad = RX.check_range(dead_volume_nl, 0, L.HARD_MAX_PRIME_NL, "dead_volume_nl")
+        if bad:
+            return bad
         bad = RX.validate(rx, self.lim)
         if bad:
             return bad

@@ -129,7 +129,7 @@ def _within(t, start, end):
     return t >= start or t < end - L.MINUTES_PER_DAY
 
 
-def _range(value, low, high, field, resolution=1):
+def check_range(value, low, high, field, resolution=1):
     if not isinstance(value, int) or isinstance(value, bool):
         return Refusal(R.NOT_ALLOWED, field)
     if value < low:
@@ -143,7 +143,7 @@ def _range(value, low, high, field, resolution=1):
 
 def validate_limits(lim):
     for field, low, high in L.LIMIT_RANGES:
-        bad = _range(getattr(lim, field), low, high, field)
+        bad = check_range(getattr(lim, field), low, high, field)
         if bad:
             return bad
     return None
@@ -151,12 +151,12 @@ def validate_limits(lim):
 
 def validate_bolus(dose_ng, duration_s, conc, lim, field="bolus"):
     """Range checks shared by every bolus kind (dose, duration, resulting rate)."""
-    bad = _range(dose_ng, 1, lim.max_bolus_ng, field + ".dose_ng")
+    bad = check_range(dose_ng, 1, lim.max_bolus_ng, field + ".dose_ng")
     if bad:
         if bad.code == R.ABOVE_MAX:
             bad.code = R.ABOVE_BOLUS_LIMIT
         return bad
-    bad = _range(duration_s, L.BOLUS_MIN_S, L.BOLUS_MAX_S, field + ".duration_s")
+    bad = check_range(duration_s, L.BOLUS_MIN_S, L.BOLUS_MAX_S, field + ".duration_s")
     if bad:
         return bad
     rate_ng = bolus_rate_ru(dose_ng, duration_s * 1000) * L.RATE_RES_NG_PER_DAY
@@ -189,13 +189,13 @@ def validate(rx, lim, margin_ng=0):
     for i in range(len(steps)):
         start, rate = steps[i]
         field = "steps[%d]" % i
-        bad = _range(start, 0, L.MINUTES_PER_DAY - 1, field + ".start_min")
+        bad = check_range(start, 0, L.MINUTES_PER_DAY - 1, field + ".start_min")
         if bad:
             return bad
         if (i == 0 and start != 0) or start <= prev:
             return Refusal(R.ORDER, field + ".start_min")
         prev = start
-        bad = _range(rate, min_rate, lim.max_24h_ng, field + ".rate_ng_per_day")
+        bad = check_range(rate, min_rate, lim.max_24h_ng, field + ".rate_ng_per_day")
         if bad:
             return bad
         if rate % L.RATE_RES_NG_PER_DAY:
@@ -209,7 +209,7 @@ def validate(rx, lim, margin_ng=0):
     for i in range(len(per)):
         start, dose, dur_s = per[i]
         field = "periodic[%d]" % i
-        bad = _range(start, 0, L.MINUTES_PER_DAY - 1, field + ".start_min")
+        bad = check_range(start, 0, L.MINUTES_PER_DAY - 1, field + ".start_min")
         if bad:
             return bad
         if prev_end is not None and start < prev_end:
@@ -221,7 +221,7 @@ def validate(rx, lim, margin_ng=0):
     if per and prev_end > L.MINUTES_PER_DAY + per[0][0]:
         return Refusal(R.OVERLAP, "periodic[%d].start_min" % (len(per) - 1))
     n_pt = rx.patient_max_per_24h
-    bad = _range(n_pt, 0, L.PATIENT_MAX_PER_24H, "patient_max_per_24h")
+    bad = check_range(n_pt, 0, L.PATIENT_MAX_PER_24H, "patient_max_per_24h")
     if bad:
         return bad
     patient_rate = 0
@@ -229,7 +229,9 @@ def validate(rx, lim, margin_ng=0):
         bad = validate_bolus(rx.patient_dose_ng, rx.patient_duration_s, conc, lim, "patient")
         if bad:
             return bad
-        bad = _range(rx.patient_lockout_s, L.LOCKOUT_MIN_S, L.LOCKOUT_MAX_S, "patient.lockout_s")
+        bad = check_range(
+            rx.patient_lockout_s, L.LOCKOUT_MIN_S, L.LOCKOUT_MAX_S, "patient.lockout_s"
+        )
         if bad:
             return bad
         if rx.patient_lockout_s < rx.patient_duration_s:
