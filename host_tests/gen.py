@@ -40,10 +40,12 @@ def _round10(v):
 
 
 def gen_bolus(g, conc, max_dose_ng=200_000):
-    # Keep every bolus inside half the maximum flow so that overlaps stay valid.
-    dose = g.integer(1, min(max_dose_ng, conc * 100))
-    dur_min = ceil_div(dose * 1000 * 86400, conc * SPARE_NL // 4) + 1
-    dur = g.integer(max(L.BOLUS_MIN_S, dur_min), max(L.BOLUS_MIN_S, dur_min) + 7200)
+    # Keep every bolus inside half the maximum flow so that overlaps stay valid, and above
+    # the slowest bolus rate (MIN_BOLUS_NG_PER_DAY): at most dose * 7.2 s long.
+    dose = g.integer(10, min(max_dose_ng, conc * 100))
+    dur_min = max(L.BOLUS_MIN_S, ceil_div(dose * 1000 * 86400, conc * SPARE_NL // 4) + 1)
+    dur_max = min(dur_min + 7200, dose * 86400 // L.MIN_BOLUS_NG_PER_DAY - 1)
+    dur = g.integer(dur_min, max(dur_min, dur_max))
     return dose, dur
 
 

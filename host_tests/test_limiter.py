@@ -13,8 +13,13 @@ from host_tests.exactness import REF_CALIB
 from host_tests.gen import DataChooser, gen_bolus, gen_rx
 from pump import engine as E
 from pump import limits as L
+from pump import reasons as R
 from pump import rx as RX
 from pump.limiter import Limiter
+
+GENEROUS_LIMITS = L.ClinicianLimits(
+    L.HARD_MAX_24H_NG, L.HARD_MAX_BOLUS_NG, L.HARD_MAX_RATE_NL_PER_DAY, 30
+)
 
 DAY = L.DAY_MS
 
@@ -27,15 +32,18 @@ class PulseLog:
         self.window = deque()
         self.sum_ng = F(0)
         self.peak_ng = F(0)
+        self.over_ng = F(0)  # worst excess over the limit in force at a pulse
         self.count = 0
 
-    def add(self, t_ms, conc):
+    def add(self, t_ms, conc, limit_ng=None):
         dose = self.q_ml * conc * 1000
         self.window.append((t_ms, dose))
         self.sum_ng += dose
         while self.window[0][0] <= t_ms - DAY:
             self.sum_ng -= self.window.popleft()[1]
         self.peak_ng = max(self.peak_ng, self.sum_ng)
+        if limit_ng is not None:
+            self.over_ng = max(self.over_ng, self.sum_ng - limit_ng)
         self.count += 1
 
 
@@ -49,6 +57,8 @@ def _setup(lim, rx, engine_cls=E.Engine):
 class LimiterMachine(RuleBasedStateMachine):
     """Random clinician and patient commands with time passing in between."""
 
+    engine_cls = E.Engine
+
     @initialize(data=st.data(), max_24h_ug=st.integers(200, 3000))
     def setup(self, data, max_24h_ug):
         self.lim = L.ClinicianLimits(
@@ -56,12 +66,12 @@ class LimiterMachine(RuleBasedStateMachine):
         )
         self.g = DataChooser(data)
         rx = gen_rx(self.g, max_rate_ng=max_24h_ug * 1000)
-        self.eng, self.log = _setup(self.lim, rx)
+        self.eng, self.log = _setup(self.lim, rx, self.engine_cls)
         self.eng.program(rx, confirm=True)
         self.refused = 0
 
     def _on_pulse(self, t):
-        self.log.add(t, self.eng.conc)
+        self.log.add(t, self.eng.conc, self.lim.max_24h_ng)
 
     # Time is drawn in hours plus milliseconds: plain integer draws favour tiny values, and
     # the limit is only met when days of delivery pile up.
@@ -115,14 +125,29 @@ class LimiterMachine(RuleBasedStateMachine):
     def prime(self, volume):
         self._count(self.eng.prime(volume))
 
+    @rule(pct=st.integers(30, 150))
+    def set_limits(self, pct):
+        # Limits that would make the limiter block what runs must be refused, not accepted.
+        new = L.ClinicianLimits(
+            min(L.HARD_MAX_24H_NG, self.lim.max_24h_ng * pct // 100),
+            L.HARD_MAX_BOLUS_NG,
+            L.HARD_MAX_RATE_NL_PER_DAY * pct // 150,
+            30,
+        )
+        if self.eng.set_limits(new) is None:
+            self.lim = new
+        else:
+            self.refused += 1
+
     def _count(self, result):
         if result is not None:
             self.refused += 1
 
     @invariant()
     def rolling_limit_never_exceeded(self):
+        # Against the limit in force at each pulse: set_limits may lower it later.
         if hasattr(self, "log"):
-            assert self.log.peak_ng <= self.lim.max_24h_ng
+            assert self.log.over_ng <= 0
 
     @invariant()
     def accepted_commands_never_trip_the_limiter(self):
@@ -137,7 +162,40 @@ LimiterMachine.TestCase.settings = settings(
     stateful_step_count=40,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
 )
-TestLimiterMachine = pytest.mark.req("SR-31", "SR-07", "SR-14")(LimiterMachine.TestCase)
+TestLimiterMachine = pytest.mark.req("SR-31", "SR-07")(LimiterMachine.TestCase)
+
+
+class FaultyEngine(E.Engine):
+    """A scheduler whose bug can be switched on: it runs `factor` times the programmed rate."""
+
+    factor = 1
+
+    def _rate_ru(self):
+        return self.factor * E.Engine._rate_ru(self)
+
+
+class FaultyLimiterMachine(LimiterMachine):
+    """The same commands, plus injected scheduler faults: only the limiter stands in the way."""
+
+    engine_cls = FaultyEngine
+
+    @rule(factor=st.sampled_from((1, 2, 3, 10)))
+    def inject(self, factor):
+        self.eng.factor = factor
+        self.eng._begin()
+        self.eng._resegment()
+
+    @rule()
+    def clear_fault(self):
+        self._count(self.eng.clear_fault())
+
+    @invariant()
+    def accepted_commands_never_trip_the_limiter(self):
+        pass  # injected faults trip it on purpose; the rolling limit is what must hold
+
+
+FaultyLimiterMachine.TestCase.settings = LimiterMachine.TestCase.settings
+TestFaultyLimiterMachine = pytest.mark.req("SR-31")(FaultyLimiterMachine.TestCase)
 
 
 class RunawayEngine(E.Engine):
@@ -203,8 +261,12 @@ def test_window_check_refuses_what_the_gate_would_block_and_changes_nothing():
     assert not li.window_ok(0, t, future, li.margin_ng(0))
     future[0] = 1_000
     assert li.window_ok(0, t, future, li.margin_ng(0))
-    # A dose placed 24 h + 1 min later sees the whole past window gone.
+    # A window ending 24 h from now holds only the current minute of the past (counted whole).
     future = [0] * 1441
+    future[1440] = 100_000 - li.margin_ng(0) - li._buckets[li._pos]
+    assert li.window_ok(0, t, future, li.margin_ng(0))
+    future[1440] += 1
+    assert not li.window_ok(0, t, future, li.margin_ng(0))
     assert (li.window_ng, list(li._buckets), li._cur, li._pos) == before
 
 
@@ -223,3 +285,69 @@ def test_new_limits_must_still_hold_the_running_programme():
     # The limiter takes the new limits too: its rate gate follows the new maximum flow.
     assert eng.limiter.max_24h_ng == 2_000_000
     assert eng.limiter.min_gap_ms == 660_520 * L.DAY_MS // (2_000_000 * 1000)
+
+
+@pytest.mark.req("SR-31", "SR-32")
+def test_limits_that_would_trip_the_limiter_are_refused():
+    lim = L.ClinicianLimits(1_000_000, L.HARD_MAX_BOLUS_NG, L.HARD_MAX_RATE_NL_PER_DAY, 30)
+    rx = RX.continuous(500, 300_000)
+    eng, _log = _setup(lim, rx)
+    assert eng.program(rx, confirm=True) is None
+    eng.run_until(6 * 3_600_000)
+    assert eng.clinician_bolus(400_000, 3600) is None
+    eng.run_until(6 * 3_600_000 + 1_800_000)  # half-way through the bolus
+    # 400 ug of bolus plus the basal already count in the window: 600 ug/24 h is too tight.
+    tight = L.ClinicianLimits(600_000, L.HARD_MAX_BOLUS_NG, L.HARD_MAX_RATE_NL_PER_DAY, 30)
+    assert eng.set_limits(tight) == R.Refusal(R.DAILY_LIMIT, "max_24h_ng")
+    # Nor may the maximum flow drop below what the running bolus needs.
+    slow = L.ClinicianLimits(1_000_000, L.HARD_MAX_BOLUS_NG, 1_000_000, 30)
+    assert eng.set_limits(slow) == R.Refusal(R.RATE_LIMIT, "max_rate_nl_per_day")
+    assert eng.lim is lim
+    eng.run_until(3 * DAY)
+    assert eng.limiter.blocked == 0 and not eng.fault
+
+
+@pytest.mark.req("SR-04")
+def test_restart_after_a_long_stop_is_measured_against_what_was_delivered():
+    lim = L.ClinicianLimits(3_000_000, L.HARD_MAX_BOLUS_NG, L.HARD_MAX_RATE_NL_PER_DAY, 30)
+    rx = RX.continuous(500, 1_000_000)
+    eng, _log = _setup(lim, rx)
+    assert eng.program(rx, confirm=True) is None
+    eng.run_until(2 * DAY)
+    assert eng.set_mode(E.MODE_STOPPED) is None
+    eng.run_until(7 * DAY)
+    # Five days without a pulse: nothing was delivered in the last 24 h.
+    assert eng.limiter.recent_ng(eng.day, 0) == 0
+    assert eng.program(RX.continuous(500, 1_300_000)) == R.Refusal(R.NEEDS_CONFIRM, "steps")
+
+
+@pytest.mark.req("SR-04", "SR-36")
+def test_priming_dose_is_not_a_reference_for_the_first_programme():
+    lim = L.ClinicianLimits(3_000_000, L.HARD_MAX_BOLUS_NG, L.HARD_MAX_RATE_NL_PER_DAY, 30)
+    eng, _log = _setup(lim, RX.continuous(2000, 100_000))
+    assert eng.prime(250_000) is None
+    eng.run_until(2 * 3_600_000)
+    assert eng.limiter.window_ng > 490_000  # the priming dose is counted by the limiter
+    assert eng.program(RX.continuous(2000, 600_000)) == R.Refusal(R.NEEDS_CONFIRM, "steps")
+
+
+@pytest.mark.req("SR-33")
+def test_slowest_bolus_alone_keeps_the_pulse_path_in_30_bits():
+    eng, _log = _setup(GENEROUS_LIMITS, RX.continuous(2000, 100_000))
+    assert eng.clinician_bolus(12_000, 86_400) is None
+    assert eng._q < 2**30 and eng._w < 2**30 and eng._pulse_at < E.NEVER
+    eng2, _log = _setup(GENEROUS_LIMITS, RX.continuous(2000, 100_000))
+    assert eng2.clinician_bolus(11_990, 86_400) == R.Refusal(R.FLOW_TOO_LOW, "bolus.duration_s")
+
+
+@pytest.mark.req("SR-31")
+def test_limiter_refuses_time_running_backwards_and_unknown_strengths():
+    li = Limiter(REF_CALIB, GENEROUS_LIMITS, 500)
+    assert li.allow(3, 5_000_000)
+    assert not li.allow(3, 4_999_999)
+    assert not li.allow(2, 80_000_000)
+    assert li.allow(3, 5_000_000 + li.min_gap_ms)
+    with pytest.raises(ValueError):
+        li.on_refill(750, 10)
+    with pytest.raises(ValueError):
+        Limiter(REF_CALIB, GENEROUS_LIMITS, 500.0)

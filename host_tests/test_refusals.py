@@ -163,8 +163,7 @@ def draw_rx(g, eng):
     elif cut == "many_steps":
         steps = [[m, steps[0][1]] for m in range(L.MAX_STEPS + g.integer(1, 5))]
     elif cut == "no_steps":
-        # Without periodic boluses: with them, program() crashes instead of refusing (see
-        # test_malformed_programme_is_refused_not_raised, a known firmware bug).
+        # Without periodic boluses; with them, test_malformed_programme_is_refused_not_raised.
         steps = []
         periodic = []
     elif cut == "per_overlap":

@@ -171,7 +171,12 @@ PERIODIC_ROWS = [
                  no(R.ABOVE_MAX, P0 + ".start_min"), id="periodic-start-1440"),
     pytest.param(rx(periodic=((0, 0, 600),)), GENEROUS, no(R.BELOW_MIN, P0 + ".dose_ng"),
                  id="periodic-dose-0"),
-    pytest.param(rx(periodic=((0, 1, 600),)), GENEROUS, None, id="periodic-dose-1"),
+    # The smallest dose is bounded by the slowest allowed flow (12 ug/day over the bolus).
+    pytest.param(rx(periodic=((0, 1, 600),)), GENEROUS,
+                 no(R.FLOW_TOO_LOW, P0 + ".duration_s"), id="periodic-dose-1-too-slow"),
+    pytest.param(rx(periodic=((0, 9, 60),)), GENEROUS, None, id="periodic-dose-9-in-1-min"),
+    pytest.param(rx(periodic=((0, 8, 60),)), GENEROUS,
+                 no(R.FLOW_TOO_LOW, P0 + ".duration_s"), id="periodic-dose-8-in-1-min"),
     pytest.param(rx(periodic=((0, L.HARD_MAX_BOLUS_NG, 7_200),)), GENEROUS, None,
                  id="periodic-dose-hard-max"),
     pytest.param(rx(periodic=((0, L.HARD_MAX_BOLUS_NG + 1, 7_200),)), GENEROUS,
@@ -183,8 +188,10 @@ PERIODIC_ROWS = [
                  no(R.BELOW_MIN, P0 + ".duration_s"), id="periodic-duration-min-1"),
     pytest.param(rx(periodic=((0, 1_000, L.BOLUS_MIN_S),)), GENEROUS,
                  None, id="periodic-duration-min"),
-    pytest.param(rx(periodic=((0, 1_000, L.BOLUS_MAX_S),)), GENEROUS,
+    pytest.param(rx(periodic=((0, 12_000, L.BOLUS_MAX_S),)), GENEROUS,
                  None, id="periodic-duration-max"),
+    pytest.param(rx(periodic=((0, 11_990, L.BOLUS_MAX_S),)), GENEROUS,
+                 no(R.FLOW_TOO_LOW, P0 + ".duration_s"), id="periodic-duration-max-too-slow"),
     pytest.param(rx(periodic=((0, 1_000, L.BOLUS_MAX_S + 1),)), GENEROUS,
                  no(R.ABOVE_MAX, P0 + ".duration_s"), id="periodic-duration-max+1"),
     # 100 ug in 720 s is exactly the maximum flow (12 mg/day at 500 ug/mL) on its own; with the
@@ -217,7 +224,7 @@ OVERLAP_ROWS = [
                  id="periodic-wrap-touching"),
     pytest.param(rx(periodic=((10, 1_000, 600), (1400, 1_000, 3_001))), GENEROUS,
                  no(R.OVERLAP, P1S), id="periodic-wrap-overlap"),
-    pytest.param(rx(periodic=((1439, 1_000, L.BOLUS_MAX_S),)), GENEROUS, None,
+    pytest.param(rx(periodic=((1439, 12_000, L.BOLUS_MAX_S),)), GENEROUS, None,
                  id="periodic-single-whole-day-past-midnight"),
 ]  # fmt: skip
 
@@ -236,7 +243,9 @@ PATIENT_ROWS = [
                  id="patient-n-float"),
     pytest.param(rx(**pt(dose=0)), GENEROUS,
                  no(R.BELOW_MIN, "patient.dose_ng"), id="patient-dose-0"),
-    pytest.param(rx(**pt(dose=1)), GENEROUS, None, id="patient-dose-1"),
+    pytest.param(rx(**pt(dose=1)), GENEROUS,
+                 no(R.FLOW_TOO_LOW, "patient.duration_s"), id="patient-dose-1-too-slow"),
+    pytest.param(rx(**pt(dose=9, dur=60)), GENEROUS, None, id="patient-dose-9-in-1-min"),
     pytest.param(rx(**pt(dose=L.HARD_MAX_BOLUS_NG, dur=7_200, lockout=7_200, n=1)), GENEROUS,
                  None, id="patient-dose-hard-max"),
     pytest.param(rx(**pt(dose=L.HARD_MAX_BOLUS_NG + 1, dur=7_200, lockout=7_200, n=1)),
@@ -249,7 +258,7 @@ PATIENT_ROWS = [
                  no(R.BELOW_MIN, "patient.duration_s"), id="patient-duration-min-1"),
     pytest.param(rx(**pt(dose=1_000, dur=L.BOLUS_MIN_S)), GENEROUS,
                  None, id="patient-duration-min"),
-    pytest.param(rx(**pt(dur=L.BOLUS_MAX_S, lockout=L.LOCKOUT_MAX_S)), GENEROUS, None,
+    pytest.param(rx(**pt(dose=12_000, dur=L.BOLUS_MAX_S, lockout=L.LOCKOUT_MAX_S)), GENEROUS, None,
                  id="patient-duration-max"),
     pytest.param(rx(**pt(dur=L.BOLUS_MAX_S + 1, lockout=L.LOCKOUT_MAX_S)), GENEROUS,
                  no(R.ABOVE_MAX, "patient.duration_s"), id="patient-duration-max+1"),
@@ -424,7 +433,9 @@ BT = "bolus.duration_s"
     "dose_ng, duration_s, limits, expected",
     [
         (0, 600, GENEROUS, no(R.BELOW_MIN, BD)),
-        (1, 600, GENEROUS, None),
+        (1, 600, GENEROUS, no(R.FLOW_TOO_LOW, BT)),
+        (8, 60, GENEROUS, no(R.FLOW_TOO_LOW, BT)),
+        (9, 60, GENEROUS, None),
         (L.HARD_MAX_BOLUS_NG, 7_200, GENEROUS, None),
         (L.HARD_MAX_BOLUS_NG + 1, 7_200, GENEROUS, no(R.ABOVE_BOLUS_LIMIT, BD)),
         (50_000, 7_200, LIM_BOLUS, None),
@@ -432,7 +443,8 @@ BT = "bolus.duration_s"
         (1_000.0, 600, GENEROUS, no(R.NOT_ALLOWED, BD)),
         (1_000, L.BOLUS_MIN_S - 1, GENEROUS, no(R.BELOW_MIN, BT)),
         (1_000, L.BOLUS_MIN_S, GENEROUS, None),
-        (1_000, L.BOLUS_MAX_S, GENEROUS, None),
+        (12_000, L.BOLUS_MAX_S, GENEROUS, None),
+        (11_990, L.BOLUS_MAX_S, GENEROUS, no(R.FLOW_TOO_LOW, BT)),
         (1_000, L.BOLUS_MAX_S + 1, GENEROUS, no(R.ABOVE_MAX, BT)),
         (1_000, 600.0, GENEROUS, no(R.NOT_ALLOWED, BT)),
         # The bolus on top of the 100 ug/day basal must stay within the maximum flow.
@@ -465,18 +477,11 @@ def test_float_concentration_is_refused():
 
 
 @pytest.mark.req("SR-01")
-@pytest.mark.parametrize("request_kind", ["clinician_bolus", "prime"])
-def test_limits_beyond_the_hard_limits_never_reach_delivery(request_kind):
+def test_limits_beyond_the_hard_limits_never_reach_delivery():
+    # Neither the engine nor the independent limiter can be built on them.
     beyond = lim(max_bolus_ng=2 * L.HARD_MAX_BOLUS_NG,
                  max_rate_nl_per_day=2 * L.HARD_MAX_RATE_NL_PER_DAY)  # fmt: skip
-    try:
-        eng = engine(C, beyond)
-    except ValueError:
-        return  # refusing the limits outright is a correct fix too
-    if request_kind == "clinician_bolus":
-        assert eng.clinician_bolus(L.HARD_MAX_BOLUS_NG + 1, L.BOLUS_MAX_S) is not None
-    else:
-        # Priming runs at the clinician's maximum rate, which may not pass the hard one.
-        assert eng.prime(100_000) is not None or (
-            eng.rate_ru() * L.RATE_RES_NG_PER_DAY * 1000 <= L.HARD_MAX_RATE_NL_PER_DAY * C
-        )
+    with pytest.raises(ValueError):
+        engine(C, beyond)
+    with pytest.raises(ValueError):
+        Limiter(REF_CALIB, lim(max_rate_nl_per_day=2 * L.HARD_MAX_RATE_NL_PER_DAY), C)

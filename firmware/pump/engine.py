@@ -116,7 +116,8 @@ class Engine:
         self._bound_at = L.DAY_MS
         self._streams = []
         self._patient_starts = []  # absolute ms of granted patient boluses, newest last
-        self._regimes = []  # (ended at ms, daily ng) of programmes and modes of the last 24 h
+        self._regimes = []  # (ended at ms, daily ng) of programmes of the last 24 h
+        self._primes = []  # (started at ms, dose ng) of priming boluses of the last 24 h
         self.wakeups = 0
         self.boundaries = 0
 
@@ -297,10 +298,16 @@ class Engine:
     def _begin(self):
         self._y = self._needed()
 
-    def _projection_ok(self, rx, mode_rate_ng, extra_ng, peak_ng):
+    def _projection_ok(self, rx, mode_rate_ng, extra_ng, peak_ng, limit_ng=0):
         fut = project(rx, mode_rate_ng, self._t // L.MIN_MS, extra_ng + self._stream_left_ng())
         margin = self.limiter.margin_ng(peak_ng)
-        return self.limiter.window_ok(self.day, self._t, fut, margin)
+        return self.limiter.window_ok(self.day, self._t, fut, margin, limit_ng)
+
+    def _mode_rate_ng(self):
+        # Dose rate of the minimum-rate mode (0 otherwise), for projections without a programme.
+        if self.mode == MODE_MINIMUM:
+            return L.HARD_MIN_RATE_NL_PER_DAY * self.conc // 1000
+        return 0
 
     def _stream_left_ng(self):
         left = 0
@@ -364,14 +371,19 @@ class Engine:
         The larger of the dose commanded in the last 24 h and the lowest daily dose of the
         programmes that ran in the last 24 h, so unconfirmed steps cannot compound within a
         day. Minimum rate and stopped do not count as programmes: restarting after them is
-        measured against what was actually delivered.
+        measured against what was actually delivered, priming (drug filling the catheter, not
+        yet reaching the patient) left out.
         """
         now = self.now_ms()
         low = RX.daily_dose_ng(self.rx) if self.mode == MODE_PROGRAM else None
         for until, daily in self._regimes:
             if until > now - L.DAY_MS and (low is None or daily < low):
                 low = daily
-        return max(self.limiter.window_ng, low or 0)
+        recent = self.limiter.recent_ng(self.day, self._t)
+        for at, dose in self._primes:
+            if at > now - L.DAY_MS:
+                recent -= dose
+        return max(recent, low or 0)
 
     def _flow_conc(self):
         # During a bridge both strengths will run; the weaker one gives the faster flow.
@@ -398,12 +410,22 @@ class Engine:
         bad = RX.validate_limits(lim)
         if bad:
             return bad
+        # What runs now, and what was commanded in the last 24 h, must fit the new limits,
+        # or accepting them would make the limiter block delivery.
+        peak = self._streams_rate_ng()
+        rx = None
         if self.mode == MODE_PROGRAM:
-            bad = RX.validate(
-                self.rx, lim, self.limiter.margin_ng(RX.peak_rate_ng_per_day(self.rx))
-            )
+            rx = self.rx
+            peak += RX.peak_rate_ng_per_day(rx)
+            bad = RX.validate(rx, lim, self.limiter.margin_ng(peak))
             if bad:
                 return bad
+        elif self.mode == MODE_MINIMUM:
+            peak += L.HARD_MIN_RATE_NL_PER_DAY * self.conc // 1000
+        if not RX.vol_rate_ok(peak, self._flow_conc(), lim.max_rate_nl_per_day):
+            return Refusal(R.RATE_LIMIT, "max_rate_nl_per_day")
+        if not self._projection_ok(rx, self._mode_rate_ng(), 0, peak, lim.max_24h_ng):
+            return Refusal(R.DAILY_LIMIT, "max_24h_ng")
         old = self.lim
         self.lim = lim
         self.limiter.set_limits(lim, self.calib)
@@ -536,6 +558,9 @@ class Engine:
         if not self._projection_ok(None, 0, dose_ng, rate_ru * L.RATE_RES_NG_PER_DAY):
             return Refusal(R.DAILY_LIMIT, "prime.volume_nl")
         self._begin()
+        now = self.now_ms()
+        self._primes = [p for p in self._primes if p[0] > now - L.DAY_MS]
+        self._primes.append((now, dose_ng))
         self._add_stream(K_PRIME, volume_nl * self.conc * (_RUMS_PER_NG // 1000), dose_ng,
                          rate_ru=rate_ru)  # fmt: skip
         self._resegment()

@@ -23,6 +23,7 @@ class Limiter:
     """
 
     def __init__(self, calib, lim, conc_ug_per_ml):
+        _check_conc(conc_ug_per_ml)
         self._num = calib.ml_num
         self._den = calib.ml_den
         if self._den > _SMALL:
@@ -78,6 +79,7 @@ class Limiter:
 
     def on_refill(self, new_conc, bridge_pulses):
         """A concentration change: the next bridge_pulses pulses still carry the old drug."""
+        _check_conc(new_conc)
         self._next_conc = new_conc
         # Worked out now: the pulse path must not multiply big numbers when the bridge ends.
         self._next_whole, self._next_remc = self._dose_of(new_conc)
@@ -120,6 +122,10 @@ class Limiter:
         """Ask before a pulse at (day, t_ms); True records it as commanded, False blocks it."""
         if self._last_day >= 0:
             dd = day - self._last_day
+            if dd < 0 or (dd == 0 and t_ms < self._last_t):
+                # Time running backwards would let the window forget pulses: refuse.
+                self.blocked += 1
+                return False
             if dd < 2:
                 gap = t_ms - self._last_t + (L.DAY_MS if dd else 0)
                 if gap < self.min_gap_ms:
@@ -159,12 +165,25 @@ class Limiter:
         """
         return self.pulse_ng_ceil() + ceil_div(peak_rate_ng_per_day, L.MINUTES_PER_DAY) + 2
 
-    def window_ok(self, day, t_ms, future_ng, margin_ng):
+    def recent_ng(self, day, t_ms):
+        """Dose counted in the window that ends now (pulses or not since); changes nothing."""
+        past = self.window_ng
+        if self._cur < 0:
+            return 0
+        drop = day * L.MINUTES_PER_DAY + t_ms // L.MIN_MS - self._cur
+        if drop >= _BUCKETS:
+            return 0
+        b = self._buckets
+        for k in range(1, drop + 1):
+            past -= b[(self._pos + k) % _BUCKETS]
+        return past
+
+    def window_ok(self, day, t_ms, future_ng, margin_ng, limit_ng=0):
         """Would every rolling window ending in the next 24 h stay within the limit?
 
         future_ng[k] is the dose expected in minute (now + k) for k = 0..1440, counted early
         (a bolus's whole dose in its first minute), which only makes this check stricter.
-        Changes nothing in the limiter.
+        limit_ng, when given, replaces the 24 h limit (to try new limits). Changes nothing.
         """
         now = day * L.MINUTES_PER_DAY + t_ms // L.MIN_MS
         b = self._buckets
@@ -172,7 +191,7 @@ class Limiter:
         shift = now - self._cur if self._cur >= 0 else _BUCKETS
         dropped = 0
         fut = 0
-        limit = self.max_24h_ng - margin_ng
+        limit = (limit_ng or self.max_24h_ng) - margin_ng
         for k in range(_BUCKETS):
             # A window ending at minute now+k no longer holds the (shift + k) oldest buckets.
             want = shift + k
@@ -183,6 +202,12 @@ class Limiter:
             if past + fut > limit:
                 return False
         return True
+
+
+def _check_conc(conc):
+    # The limiter's own copy of the rule: it counts doses only at strengths that exist.
+    if not isinstance(conc, int) or conc not in L.CONCENTRATIONS_UG_PER_ML:
+        raise ValueError("concentration is not an allowed strength")
 
 
 def project(rx, mode_rate_ng_per_day, tod_min, extra_ng=0):

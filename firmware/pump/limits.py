@@ -20,6 +20,10 @@ HARD_MAX_RATE_NL_PER_DAY = const(24_000_000)  # 1 mL/h: the priming rate and the
 HARD_MIN_RATE_NL_PER_DAY = const(6_000)  # slowest non-zero flow; also the minimum-rate mode
 HARD_MAX_PRIME_NL = const(1_000_000)  # 1 mL: longer than any catheter plus pump dead space
 
+# Slowest bolus dose rate: the minimum flow at the strongest drug, so that no flow the engine
+# runs is ever below the minimum (which bounds the pulse period below 2**30 ms).
+MIN_BOLUS_NG_PER_DAY = const(12_000)
+
 MAX_STEPS = const(24)
 MAX_PERIODIC = const(24)
 

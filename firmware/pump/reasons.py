@@ -21,6 +21,7 @@ FAULTED = const(15)  # delivery is stopped by a safety fault; clear it first
 BRIDGE_ACTIVE = const(16)  # a bridge bolus is still running
 BAD_MODE = const(17)
 ABOVE_BOLUS_LIMIT = const(18)
+FLOW_TOO_LOW = const(19)  # a bolus so slow its flow is below the pump's minimum
 
 NAMES = {
     BELOW_MIN: "below minimum",
@@ -41,6 +42,7 @@ NAMES = {
     BRIDGE_ACTIVE: "a bridge bolus is running",
     BAD_MODE: "not allowed in this mode",
     ABOVE_BOLUS_LIMIT: "above the single-bolus limit",
+    FLOW_TOO_LOW: "flow below the pump's minimum",
 }
 
 

@@ -162,6 +162,8 @@ def validate_bolus(dose_ng, duration_s, conc, lim, field="bolus"):
     rate_ng = bolus_rate_ru(dose_ng, duration_s * 1000) * L.RATE_RES_NG_PER_DAY
     if not vol_rate_ok(rate_ng, conc, lim.max_rate_nl_per_day):
         return Refusal(R.RATE_LIMIT, field + ".duration_s")
+    if rate_ng < L.MIN_BOLUS_NG_PER_DAY:
+        return Refusal(R.FLOW_TOO_LOW, field + ".duration_s")
     return None
 
 
