@@ -1,1 +1,1 @@
-"""Pure dosing core of the ITB pump: no hardware imports; runs on MicroPython and CPython."""
+# The pure core of the pump firmware: dosing, limits and their formats, with no hardware imports.
