@@ -11,7 +11,6 @@ from pump.reasons import Refusal
 
 NEVER = const(0x3FFFFFFF)  # "no pulse due": above any time in the day frame, still a small int
 
-EV_IDLE = const(0)
 EV_PULSE = const(1)
 EV_BOUNDARY = const(2)
 EV_BLOCKED = const(3)
