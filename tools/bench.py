@@ -7,7 +7,6 @@ import multiprocessing
 import statistics
 import sys
 import time
-from fractions import Fraction
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -119,7 +118,7 @@ def main(argv=None):
     OUT.write_text(json.dumps(old, indent=2, sort_keys=True) + "\n")
     for k in sorted(metrics):
         v = metrics[k]
-        print("  %-44s %s" % (k, "%.10g" % v if isinstance(v, float | Fraction) else v))
+        print("  %-44s %r" % (k, v))  # repr: 0.99999999 must not print as 1
     print("wrote %s in %.0f s" % (OUT.relative_to(ROOT), time.perf_counter() - t0))
 
 
