@@ -393,7 +393,7 @@ def test_set_mode_accepts_only_minimum_or_stopped(mode):
 def _tighten(rig, max_24h_ng):
     # Lower only the limiter's own limit, as if the scheduler had a bug the limiter must catch.
     tight = ClinicianLimits(max_24h_ng, 1, L.HARD_MAX_RATE_NL_PER_DAY, 1)
-    rig.limiter.set_limits(tight, REF_CALIB)
+    rig.limiter.set_limits(tight)
 
 
 @pytest.mark.req("SR-37", "SR-31")

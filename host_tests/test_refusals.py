@@ -94,7 +94,7 @@ def build(history):
         return None
     if tight:
         limit = max(1, RX.daily_dose_ng(first) // 3)
-        rig.limiter.set_limits(ClinicianLimits(limit, 1, L.HARD_MAX_RATE_NL_PER_DAY, 1), REF_CALIB)
+        rig.limiter.set_limits(ClinicianLimits(limit, 1, L.HARD_MAX_RATE_NL_PER_DAY, 1))
     for t, name, args in cmds:
         if t > t_req:
             break

@@ -88,7 +88,7 @@ class Engine:
         bad = RX.validate_limits(lim)
         if bad:
             raise ValueError("clinician limits outside the hard limits: " + bad.message())
-        if conc_ug_per_ml not in L.CONCENTRATIONS_UG_PER_ML or not isinstance(conc_ug_per_ml, int):
+        if not RX.conc_allowed(conc_ug_per_ml):
             raise ValueError("concentration is not an allowed strength")
         self.calib = calib
         self.scale = Scale(calib, L.CONCENTRATIONS_UG_PER_ML)
@@ -281,8 +281,6 @@ class Engine:
         self.fault = True
         self._y = self.scale.pulse_cr
         self._cancel_streams((K_PERIODIC, K_CLINICIAN, K_PATIENT, K_PRIME))
-        self._d = 0
-        self._pulse_at = NEVER
         self.log("limiter_block", self.day, self._t)
         self._resegment()
 
@@ -314,10 +312,11 @@ class Engine:
             left += ceil_div(s[_RATE] * (s[_END] - self._t) - s[_EXCESS], _RUMS_PER_NG)
         return left
 
-    def _streams_rate_ng(self):
+    def _streams_rate_ng(self, skip_kind=0):
         rate = 0
         for s in self._streams:
-            rate += s[_RATE] * L.RATE_RES_NG_PER_DAY
+            if s[_KIND] != skip_kind:
+                rate += s[_RATE] * L.RATE_RES_NG_PER_DAY
         return rate
 
     def program(self, rx, confirm=False):
@@ -337,7 +336,7 @@ class Engine:
         bad = RX.validate(rx, self.lim, self.limiter.margin_ng(peak))
         if bad:
             return bad
-        others = self._streams_rate_ng_excluding(K_PERIODIC)
+        others = self._streams_rate_ng(K_PERIODIC)
         if not RX.vol_rate_ok(peak + others, self._flow_conc(), self.lim.max_rate_nl_per_day):
             return Refusal(R.RATE_LIMIT, "steps")
         if not confirm and RX.daily_dose_ng(rx) * 100 > self._step_reference_ng() * (
@@ -388,13 +387,6 @@ class Engine:
         # During a bridge both strengths will run; the weaker one gives the faster flow.
         return min(self.conc, self._next_conc)
 
-    def _streams_rate_ng_excluding(self, kind):
-        rate = 0
-        for s in self._streams:
-            if s[_KIND] != kind:
-                rate += s[_RATE] * L.RATE_RES_NG_PER_DAY
-        return rate
-
     def _start_due_periodic(self):
         # A programme started exactly at a periodic bolus time starts that bolus now.
         for start, dose, dur_s in self.rx.periodic:
@@ -411,23 +403,20 @@ class Engine:
             return bad
         # What runs now, and what was commanded in the last 24 h, must fit the new limits,
         # or accepting them would make the limiter block delivery.
-        peak = self._streams_rate_ng()
-        rx = None
-        if self.mode == MODE_PROGRAM:
-            rx = self.rx
+        rx = self.rx if self.mode == MODE_PROGRAM else None
+        peak = self._streams_rate_ng() + self._mode_rate_ng()
+        if rx is not None:
             peak += RX.peak_rate_ng_per_day(rx)
             bad = RX.validate(rx, lim, self.limiter.margin_ng(peak))
             if bad:
                 return bad
-        elif self.mode == MODE_MINIMUM:
-            peak += L.HARD_MIN_RATE_NL_PER_DAY * self.conc // 1000
         if not RX.vol_rate_ok(peak, self._flow_conc(), lim.max_rate_nl_per_day):
             return Refusal(R.RATE_LIMIT, "max_rate_nl_per_day")
         if not self._projection_ok(rx, self._mode_rate_ng(), 0, peak, lim.max_24h_ng):
             return Refusal(R.DAILY_LIMIT, "max_24h_ng")
         old = self.lim
         self.lim = lim
-        self.limiter.set_limits(lim, self.calib)
+        self.limiter.set_limits(lim)
         self.log("limits", old.as_tuple(), lim.as_tuple())
         return None
 
@@ -472,17 +461,13 @@ class Engine:
         if bad:
             return bad
         rate_ng = RX.bolus_rate_ru(dose_ng, duration_s * 1000) * L.RATE_RES_NG_PER_DAY
-        base = self._streams_rate_ng()
-        if self.mode == MODE_PROGRAM:
-            base += RX.peak_rate_ng_per_day(self.rx)
-        elif self.mode == MODE_MINIMUM:
-            base += L.HARD_MIN_RATE_NL_PER_DAY * self.conc // 1000
+        rx = self.rx if self.mode == MODE_PROGRAM else None
+        base = self._streams_rate_ng() + self._mode_rate_ng()
+        if rx is not None:
+            base += RX.peak_rate_ng_per_day(rx)
         if not RX.vol_rate_ok(base + rate_ng, self._flow_conc(), self.lim.max_rate_nl_per_day):
             return Refusal(R.RATE_LIMIT, field + ".duration_s")
-        mode_rate = L.HARD_MIN_RATE_NL_PER_DAY * self.conc // 1000
-        rx = self.rx if self.mode == MODE_PROGRAM else None
-        if not self._projection_ok(rx, mode_rate if self.mode == MODE_MINIMUM else 0, dose_ng,
-                                   base + rate_ng):  # fmt: skip
+        if not self._projection_ok(rx, self._mode_rate_ng(), dose_ng, base + rate_ng):
             return Refusal(R.DAILY_LIMIT, field + ".dose_ng")
         return None
 

@@ -28,14 +28,7 @@ class Limiter:
         self._den = calib.ml_den
         if self._den > _SMALL:
             raise ValueError("calibration denominator too large for the limiter")
-        self._check(lim)
-        self.max_24h_ng = lim.max_24h_ng
-        self.max_rate_nl_per_day = lim.max_rate_nl_per_day
-        # Shortest gap between pulses at the maximum rate, in whole ms (rounded down: pulses
-        # land on millisecond edges, so a correct schedule can be up to 1 ms early).
-        self.min_gap_ms = (calib.ml_num * 10**6 * L.DAY_MS) // (
-            calib.ml_den * lim.max_rate_nl_per_day
-        )
+        self.set_limits(lim)
         self._buckets = array("i", [0] * _BUCKETS) if array else [0] * _BUCKETS
         self._cur = -1  # absolute minute index of the newest bucket
         self._pos = 0  # its slot in the ring
@@ -45,8 +38,6 @@ class Limiter:
         self._last_t = 0
         self.blocked = 0
         self.pulses = 0
-        self._conc = conc_ug_per_ml
-        self._next_conc = conc_ug_per_ml
         self._bridge_left = 0
         self._set_dose(conc_ug_per_ml)
         self._next_whole = self._whole
@@ -69,23 +60,21 @@ class Limiter:
         if not 0 < lim.max_rate_nl_per_day <= L.HARD_MAX_RATE_NL_PER_DAY:
             raise ValueError("rate limit outside the hard limit")
 
-    def set_limits(self, lim, calib):
+    def set_limits(self, lim):
         self._check(lim)
         self.max_24h_ng = lim.max_24h_ng
         self.max_rate_nl_per_day = lim.max_rate_nl_per_day
-        self.min_gap_ms = (calib.ml_num * 10**6 * L.DAY_MS) // (
-            calib.ml_den * lim.max_rate_nl_per_day
-        )
+        # Shortest gap between pulses at the maximum rate, in whole ms (rounded down: pulses
+        # land on millisecond edges, so a correct schedule can be up to 1 ms early).
+        self.min_gap_ms = (self._num * 10**6 * L.DAY_MS) // (self._den * lim.max_rate_nl_per_day)
 
     def on_refill(self, new_conc, bridge_pulses):
         """A concentration change: the next bridge_pulses pulses still carry the old drug."""
         _check_conc(new_conc)
-        self._next_conc = new_conc
         # Worked out now: the pulse path must not multiply big numbers when the bridge ends.
         self._next_whole, self._next_remc = self._dose_of(new_conc)
         self._bridge_left = bridge_pulses
         if bridge_pulses == 0:
-            self._conc = new_conc
             self._set_dose(new_conc)
 
     def pulse_ng_ceil(self):
@@ -152,7 +141,6 @@ class Limiter:
         if self._bridge_left:
             self._bridge_left -= 1
             if not self._bridge_left:
-                self._conc = self._next_conc
                 self._whole = self._next_whole
                 self._remc = self._next_remc
         return True

@@ -87,6 +87,11 @@ def bolus_rate_ru(dose_ng, duration_ms):
     return ceil_div(dose_ng * (L.DAY_MS // L.RATE_RES_NG_PER_DAY), duration_ms)
 
 
+def conc_allowed(conc_ug_per_ml):
+    # An int check first: 500.0 == 500 would pass the membership test.
+    return isinstance(conc_ug_per_ml, int) and conc_ug_per_ml in L.CONCENTRATIONS_UG_PER_ML
+
+
 def vol_rate_ok(rate_ng_per_day, conc_ug_per_ml, max_nl_per_day):
     # nL/day = ng/day * 1000 / (ug/mL); compared without division.
     return rate_ng_per_day * 1000 <= max_nl_per_day * conc_ug_per_ml
@@ -178,7 +183,7 @@ def validate(rx, lim, margin_ng=0):
     if bad:
         return bad
     conc = rx.conc_ug_per_ml
-    if not isinstance(conc, int) or conc not in L.CONCENTRATIONS_UG_PER_ML:
+    if not conc_allowed(conc):
         return Refusal(R.NOT_ALLOWED, "conc_ug_per_ml")
     steps = rx.steps
     if not steps:
