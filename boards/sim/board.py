@@ -1,7 +1,7 @@
 # Board definition of the simulated pump: the reference bench rig's mechanism, as plain data.
 # Geometry is kept as measured integers so the calibration can be derived exactly from it.
 
-from pump import calib
+from pump import battery, calib
 
 NAME = "sim"
 
@@ -15,7 +15,43 @@ STEPS_PER_REV = 200
 MICROSTEPS = 16
 USTEPS_PER_PULSE = 16
 
-RESERVOIR_UL = 10_000
+# The simulated implant comes in the two reservoir sizes of commercial pumps.
+RESERVOIR_NL = {"20ml": 20_000_000, "40ml": 40_000_000}
+VARIANT = "20ml"
+# Volume between the reservoir and the catheter tip inside the pump; the catheter's own volume
+# is added by the clinician's settings. Both hold old drug after a change of strength.
+PUMP_DEAD_VOLUME_NL = 250_000
+
+# An implant-style lithium primary cell (a Li/CFx-like flat discharge curve that falls off near
+# the end). The numbers are a plausible model for simulation, not a datasheet.
+CELL = battery.Cell(
+    "sim-li-cfx",
+    capacity_uah=2_000_000,
+    eri_mv=2650,
+    eos_mv=2450,
+    hyst_mv=50,
+    eos_reserve_pct=2,
+    ocv=(
+        (0, 3150),
+        (20, 3000),
+        (100, 2950),
+        (300, 2900),
+        (600, 2850),
+        (800, 2780),
+        (900, 2700),
+        (950, 2620),
+        (975, 2520),
+        (990, 2400),
+        (1000, 2200),
+    ),  # fmt: skip
+    r_mohm=5000,
+)
+# Charge model: sleeping draw, one motor pulse (16 microsteps at about 40 mA for 25 ms), and the
+# radio while on. The budget is derated by 10 % for the model's own error.
+ENERGY = battery.Energy(quiescent_ua=20, pulse_nc=1_000_000, radio_ua=8_000, margin_pct=10)
+MOTOR_CURRENT_MA = 40
+# A 1:1 divider halves the cell voltage into the ADC's 11 dB range (150-2450 mV).
+ADC_CAL = battery.AdcCal(2, 1)
 
 
 def calibration():

@@ -558,7 +558,14 @@ class Engine:
         """
         return self._logged("change_concentration", self._change_concentration(rx, dead_volume_nl))
 
-    def _change_concentration(self, rx, dead_volume_nl):
+    def change_strength(self, conc_ug_per_ml, dead_volume_nl):
+        """As change_concentration, for the refill: the stored programme (if any) keeps its
+        doses at the new strength, so its volume rates are recomputed."""
+        rx = None if self.rx is None else self.rx.with_concentration(conc_ug_per_ml)
+        refusal = self._change_concentration(rx, dead_volume_nl, conc_ug_per_ml)
+        return self._logged("change_strength", refusal)
+
+    def _change_concentration(self, rx, dead_volume_nl, conc_ug_per_ml=0):
         if self.fault:
             return Refusal(R.FAULTED, "mode")
         if self._next_conc != self.conc:
@@ -569,12 +576,20 @@ class Engine:
         bad = RX.check_range(dead_volume_nl, 0, L.HARD_MAX_PRIME_NL, "dead_volume_nl")
         if bad:
             return bad
-        bad = RX.validate(rx, self.lim)
-        if bad:
-            return bad
-        new_c = rx.conc_ug_per_ml
-        if self.rx is not None and rx.with_concentration(self.conc) != self.rx:
-            return Refusal(R.NOT_ALLOWED, "steps")
+        if rx is None:
+            # No programme is stored: only the strength changes (checked like a programme's).
+            if self.rx is not None:
+                return Refusal(R.NOT_ALLOWED, "steps")
+            if not RX.conc_allowed(conc_ug_per_ml):
+                return Refusal(R.NOT_ALLOWED, "conc_ug_per_ml")
+            new_c = conc_ug_per_ml
+        else:
+            bad = RX.validate(rx, self.lim)
+            if bad:
+                return bad
+            new_c = rx.conc_ug_per_ml
+            if self.rx is not None and rx.with_concentration(self.conc) != self.rx:
+                return Refusal(R.NOT_ALLOWED, "steps")
         if self.mode == MODE_PROGRAM:
             bad = RX.validate(rx, self.lim, self.limiter.margin_ng(RX.peak_rate_ng_per_day(rx)))
             if bad:
@@ -612,3 +627,14 @@ class Engine:
 
     def bridge_pulses_left(self):
         return self._bridge_left
+
+    def tod_ms(self):
+        return self._t
+
+    def next_conc(self):
+        """The strength delivered once any bridge bolus is done."""
+        return self._next_conc
+
+    def stream_left_ng(self):
+        """Dose still to come from running boluses, rounded up."""
+        return self._stream_left_ng()

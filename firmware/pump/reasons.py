@@ -22,6 +22,10 @@ BRIDGE_ACTIVE = const(16)  # a bridge bolus is still running
 BAD_MODE = const(17)
 ABOVE_BOLUS_LIMIT = const(18)
 FLOW_TOO_LOW = const(19)  # a bolus so slow its flow is below the pump's minimum
+NOT_ACTIVE = const(20)  # no such alarm, or no refill in progress
+ALREADY_DONE = const(21)
+STEP_ORDER = const(22)  # a refill step out of its order
+OVER_CAPACITY = const(23)  # more than the reservoir holds
 
 NAMES = {
     BELOW_MIN: "below minimum",
@@ -43,6 +47,10 @@ NAMES = {
     BAD_MODE: "not allowed in this mode",
     ABOVE_BOLUS_LIMIT: "above the single-bolus limit",
     FLOW_TOO_LOW: "flow below the pump's minimum",
+    NOT_ACTIVE: "nothing of that kind is active",
+    ALREADY_DONE: "already done",
+    STEP_ORDER: "refill step out of order",
+    OVER_CAPACITY: "more than the reservoir holds",
 }
 
 

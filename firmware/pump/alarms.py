@@ -1,0 +1,309 @@
+# Latching alarms with IEC 60601-1-8 priorities, and their annunciation through a buzzer.
+# Pure: time is passed in, the buzzer is any object with set(on); nothing here reads a clock.
+
+from pump import reasons as R
+from pump.compat import const
+from pump.reasons import Refusal
+
+NEVER = 1 << 60  # later than any time we use (alarm times are absolute ms, not the day frame)
+
+INFO = const(0)
+LOW = const(1)
+MEDIUM = const(2)
+HIGH = const(3)
+PRIORITY_NAMES = ("informational", "low", "medium", "high")
+
+# Conditions. The order of the numbers means nothing; priority comes from TABLE.
+STALL = const(1)  # motor stall or occlusion
+RES_EMPTY = const(2)  # reservoir estimate reached zero
+BATT_EOS = const(3)  # battery end of service
+LIMITER_BLOCK = const(4)  # the safety limiter refused a pulse; delivery is stopped
+SELF_TEST = const(5)  # self-test or storage fault, reported by the shell
+BATT_ERI = const(6)  # elective replacement indicator
+RES_LOW = const(7)  # reservoir at or below the low threshold
+DISCREPANCY = const(8)  # refill residual differs from the estimate beyond tolerance
+CLOCK = const(9)  # clock lost or jumped
+REFILL_DUE = const(10)  # worst-case forecast reaches the low threshold within the notice
+
+TABLE = {
+    STALL: ("motor_stall", HIGH),
+    RES_EMPTY: ("reservoir_empty", HIGH),
+    BATT_EOS: ("battery_eos", HIGH),
+    LIMITER_BLOCK: ("limiter_block", HIGH),
+    SELF_TEST: ("self_test", HIGH),
+    BATT_ERI: ("battery_eri", MEDIUM),
+    RES_LOW: ("reservoir_low", MEDIUM),
+    DISCREPANCY: ("accounting_discrepancy", MEDIUM),
+    CLOCK: ("clock", MEDIUM),
+    REFILL_DUE: ("refill_due", LOW),
+}
+
+# Tone patterns: alternating on/off durations in ms, starting and ending with a tone. They differ
+# in pulse count and tone length (5 short, 3 medium, 2 long) so they can be told apart by ear,
+# and HIGH + MEDIUM together last under 1 s, which bounds how long a new alarm waits to sound.
+PATTERNS = {
+    HIGH: (50, 30, 50, 30, 50, 70, 50, 30, 50),
+    MEDIUM: (100, 80, 100, 80, 100),
+    LOW: (300, 200, 300),
+}
+REPEAT_MS = {HIGH: 10_000, MEDIUM: 60_000, LOW: 600_000}
+SNOOZE_MAX_MS = {HIGH: 900_000, MEDIUM: 86_400_000, LOW: 604_800_000}
+
+# Fields of one latched alarm.
+_PRESENT = const(0)
+_ACKED = const(1)
+_RAISED = const(2)
+_SNOOZE = const(3)  # ms the snooze ends, 0 when not snoozed
+_PENDING = const(4)  # ms it was (re)raised and not yet annunciated, -1 once it has been
+
+
+def _nolog(*_args):
+    pass
+
+
+def name(cid):
+    return TABLE[cid][0]
+
+
+def priority(cid):
+    return TABLE[cid][1]
+
+
+def pattern_ms(p):
+    """Total length of a priority's tone pattern."""
+    t = 0
+    for d in PATTERNS[p]:
+        t += d
+    return t
+
+
+class Alarms:
+    """The set of latched alarms and the buzzer schedule that annunciates them.
+
+    An alarm latches when its condition arises and ends only when the condition has cleared and
+    it has been acknowledged, in either order. Acknowledging does not silence it; snoozing does,
+    for a limited time. Every audible priority plays its pattern at its repeat interval, higher
+    priorities first; a new alarm plays at once, cutting short a pattern of its own or a lower
+    priority.
+    """
+
+    def __init__(self, log=None, repeat_ms=None, snooze_max_ms=None):
+        self.log = log or _nolog
+        self.repeat_ms = dict(repeat_ms or REPEAT_MS)
+        self.snooze_max_ms = dict(snooze_max_ms or SNOOZE_MAX_MS)
+        self._latched = {}  # cid -> [present, acked, raised_ms, snooze_end_ms, pending_ms]
+        self._due = [NEVER, NEVER, NEVER, NEVER]  # per priority: when its pattern should start
+        self._test = []  # priorities still to play for an alarm test
+        self.playing = -1  # priority whose pattern is sounding, -1 when silent
+        self._testing = False
+        self._seg = 0
+        self._seg_end = 0
+        self.max_latency_ms = 0  # worst raise-to-first-tone time seen (self-monitoring)
+
+    # ---- conditions ----
+
+    def condition(self, cid, present, now_ms):
+        """Report whether a condition holds now. Returns True if this changed anything."""
+        if present:
+            return self._arise(cid, now_ms)
+        return self._clear(cid, now_ms)
+
+    def event(self, cid, now_ms, *detail):
+        """An alarm whose condition is a moment (a discrepancy, a clock jump): it needs only
+        acknowledging to end."""
+        self._arise(cid, now_ms, detail)
+        self._clear(cid, now_ms)
+
+    def _arise(self, cid, now_ms, detail=()):
+        a = self._latched.get(cid)
+        if a is not None and a[_PRESENT]:
+            return False
+        nm, p = TABLE[cid]
+        if a is None:
+            self._latched[cid] = [True, False, now_ms, 0, now_ms]
+            self.log("alarm_raise", nm, PRIORITY_NAMES[p], *detail)
+        else:
+            # The condition came back before the alarm ended: it needs acknowledging again.
+            a[_PRESENT] = True
+            a[_ACKED] = False
+            a[_SNOOZE] = 0
+            a[_PENDING] = now_ms
+            self.log("alarm_recur", nm, PRIORITY_NAMES[p], *detail)
+        if p != INFO:
+            self._due[p] = now_ms
+        return True
+
+    def _clear(self, cid, now_ms):
+        a = self._latched.get(cid)
+        if a is None or not a[_PRESENT]:
+            return False
+        a[_PRESENT] = False
+        if a[_ACKED]:
+            self._end(cid)
+        else:
+            self.log("alarm_condition_cleared", TABLE[cid][0])
+        return True
+
+    def _end(self, cid):
+        del self._latched[cid]
+        self.log("alarm_end", TABLE[cid][0])
+
+    # ---- user actions ----
+
+    def acknowledge(self, cid, now_ms):
+        """The user has seen the alarm. Returns None, or a Refusal if it is not latched."""
+        a = self._latched.get(cid)
+        if a is None:
+            return self._refused("acknowledge", R.NOT_ACTIVE, "alarm")
+        if a[_ACKED]:
+            return self._refused("acknowledge", R.ALREADY_DONE, "alarm")
+        a[_ACKED] = True
+        self.log("alarm_ack", TABLE[cid][0])
+        if not a[_PRESENT]:
+            self._end(cid)
+        return None
+
+    def snooze(self, cid, now_ms, duration_ms):
+        """Silence one alarm for a limited time; it sounds again when that ends."""
+        a = self._latched.get(cid)
+        if a is None:
+            return self._refused("snooze", R.NOT_ACTIVE, "alarm")
+        p = TABLE[cid][1]
+        if p == INFO:
+            return self._refused("snooze", R.NOT_ALLOWED, "alarm")
+        if duration_ms < 1:
+            return self._refused("snooze", R.BELOW_MIN, "duration_ms")
+        if duration_ms > self.snooze_max_ms[p]:
+            return self._refused("snooze", R.ABOVE_MAX, "duration_ms")
+        a[_SNOOZE] = now_ms + duration_ms
+        self.log("alarm_snooze", TABLE[cid][0], duration_ms)
+        return None
+
+    def test(self, now_ms):
+        """Queue every tone pattern once, high to low (the clinician's alarm test)."""
+        self._test = [HIGH, MEDIUM, LOW]
+        self.log("alarm_test")
+
+    def _refused(self, request, code, field):
+        self.log("refused", request, code, field)
+        return Refusal(code, field)
+
+    # ---- views ----
+
+    def active(self):
+        """Latched alarms, highest priority first, then oldest first:
+        [(cid, name, priority, present, acknowledged, snoozed_until_ms)]."""
+        out = []
+        for cid, a in self._latched.items():
+            out.append((cid, TABLE[cid][0], TABLE[cid][1], a[_PRESENT], a[_ACKED], a[_SNOOZE]))
+        out.sort(key=lambda r: (-r[2], self._latched[r[0]][_RAISED], r[0]))
+        return out
+
+    def is_latched(self, cid):
+        return cid in self._latched
+
+    def highest(self):
+        p = -1
+        for cid in self._latched:
+            if TABLE[cid][1] > p:
+                p = TABLE[cid][1]
+        return p
+
+    # ---- annunciation ----
+
+    def _audible(self, p):
+        for cid, a in self._latched.items():
+            if TABLE[cid][1] == p and not a[_SNOOZE]:
+                return True
+        return False
+
+    def _expire_snoozes(self, now_ms):
+        for cid, a in self._latched.items():
+            if a[_SNOOZE] and now_ms >= a[_SNOOZE]:
+                a[_SNOOZE] = 0
+                a[_PENDING] = now_ms
+                p = TABLE[cid][1]
+                if self._due[p] > now_ms:
+                    self._due[p] = now_ms
+                self.log("alarm_snooze_end", TABLE[cid][0])
+
+    def _start(self, p, now_ms, buzzer, testing):
+        self.playing = p
+        self._testing = testing
+        self._seg = 0
+        self._seg_end = now_ms + PATTERNS[p][0]
+        buzzer.set(True)
+        if testing:
+            return
+        self._due[p] = now_ms + self.repeat_ms[p]
+        for a_cid, a in self._latched.items():
+            if TABLE[a_cid][1] == p and a[_PENDING] >= 0 and not a[_SNOOZE]:
+                lat = now_ms - a[_PENDING]
+                if lat > self.max_latency_ms:
+                    self.max_latency_ms = lat
+                a[_PENDING] = -1
+
+    def _stop(self, buzzer):
+        if self._seg % 2 == 0:
+            buzzer.set(False)
+        self.playing = -1
+
+    def _due_priority(self, now_ms):
+        for p in (HIGH, MEDIUM, LOW):
+            if self._due[p] <= now_ms:
+                if self._audible(p):
+                    return p
+                self._due[p] = NEVER
+        return -1
+
+    def tick(self, now_ms, buzzer):
+        """Drive the buzzer up to now_ms. Returns when to call again (NEVER if not needed)."""
+        if self.playing < 0 and not self._latched and not self._test:
+            return NEVER  # the usual case, kept allocation-free
+        self._expire_snoozes(now_ms)
+        while True:
+            p = self._due_priority(now_ms)
+            if self.playing >= 0:
+                if p >= 0 and (p >= self.playing or self._testing):
+                    if not self._testing:
+                        # The cut-short pattern plays again once the new one is done.
+                        self._due[self.playing] = now_ms
+                    else:
+                        self._test.insert(0, self.playing)
+                    self._stop(buzzer)
+                    continue
+                if self.playing >= 0 and not self._testing and not self._audible(self.playing):
+                    self._stop(buzzer)
+                    continue
+                if now_ms < self._seg_end:
+                    break
+                pat = PATTERNS[self.playing]
+                self._seg += 1
+                if self._seg == len(pat):
+                    self.playing = -1
+                    buzzer.set(False)
+                    continue
+                buzzer.set(self._seg % 2 == 0)
+                self._seg_end += pat[self._seg]
+                continue
+            if p >= 0:
+                self._start(p, now_ms, buzzer, False)
+            elif self._test:
+                self._start(self._test.pop(0), now_ms, buzzer, True)
+            else:
+                break
+        return self.next_wake_ms()
+
+    def next_wake_ms(self):
+        t = NEVER
+        if self.playing >= 0:
+            t = self._seg_end
+        elif self._test:
+            return 0
+        for p in (HIGH, MEDIUM, LOW):
+            if self._due[p] < t:
+                t = self._due[p]
+        for a in self._latched.values():
+            if a[_SNOOZE] and a[_SNOOZE] < t:
+                t = a[_SNOOZE]
+        return t

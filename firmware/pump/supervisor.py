@@ -1,0 +1,459 @@
+# The supervisor: drives the dosing engine against a mechanism and keeps reservoir, battery,
+# stall detection, refill and alarms consistent with it. Pure: time and hardware come in.
+
+from pump import alarms as A
+from pump import battery as B
+from pump import engine as E
+from pump import limits as L
+from pump import reasons as R
+from pump import reservoir as RS
+from pump import rx as RX
+from pump.reasons import Refusal
+
+
+def _nolog(*_args):
+    pass
+
+
+class Settings:
+    """Clinician- and board-set parameters of the supervisor. All volumes in nL, times in ms."""
+
+    __slots__ = ("low_nl", "tol_min_nl", "tol_pct", "stall_count", "backoff_min_ms",
+                 "backoff_max_ms", "late_ms", "refill_notice_ms", "dead_volume_nl",
+                 "refill_timeout_ms", "settle_ms")  # fmt: skip
+
+    def __init__(self, dead_volume_nl, low_nl=2_000_000, tol_min_nl=1_000_000, tol_pct=20,
+                 stall_count=2, backoff_min_ms=60_000, backoff_max_ms=3_600_000, late_ms=10_000,
+                 refill_notice_ms=7 * L.DAY_MS, refill_timeout_ms=3_600_000,
+                 settle_ms=2_000):  # fmt: skip
+        self.dead_volume_nl = dead_volume_nl  # pump tubing + catheter: the bridge bolus volume
+        self.low_nl = low_nl
+        self.tol_min_nl = tol_min_nl  # refill discrepancy tolerance: at least this,
+        self.tol_pct = tol_pct  # or this share of the volume delivered since the last refill
+        self.stall_count = stall_count  # consecutive failed pulses that make a stall
+        self.backoff_min_ms = backoff_min_ms  # first retry after a stall, doubling up to max
+        self.backoff_max_ms = backoff_max_ms
+        self.late_ms = late_ms  # a pulse later than this is skipped, not delivered in a burst
+        self.refill_notice_ms = refill_notice_ms
+        self.refill_timeout_ms = refill_timeout_ms  # an open refill is abandoned after this
+        self.settle_ms = settle_ms  # motor-idle time around a battery sample
+
+
+class _Refill:
+    __slots__ = ("started_ms", "withdrawn_nl", "expected_nl", "tolerance_nl", "fill_nl", "conc")
+
+    def __init__(self, started_ms, withdrawn_nl, expected_nl, tolerance_nl):
+        self.started_ms = started_ms
+        self.withdrawn_nl = withdrawn_nl
+        self.expected_nl = expected_nl
+        self.tolerance_nl = tolerance_nl
+        self.fill_nl = -1
+        self.conc = 0
+
+    def discrepancy(self):
+        d = self.withdrawn_nl - self.expected_nl
+        return d > self.tolerance_nl or -d > self.tolerance_nl
+
+
+class Supervisor:
+    """One pump: engine, reservoir, battery monitor and alarms, advanced together in time.
+
+    The shell calls advance(now_ms, mech, buzzer) at or after next_wake_ms(), samples the
+    battery when battery_due() says the motor is idle, and passes requests through. Every
+    request returns None or a Refusal, and a refused request changes nothing.
+    """
+
+    def __init__(self, engine, reservoir, battery, alarms, settings, log=None):
+        self.engine = engine
+        self.reservoir = reservoir
+        self.battery = battery
+        self.alarms = alarms
+        self.settings = settings
+        self.log = log or _nolog
+        self._offset = 0  # added to the shell's time after the clock ran backwards
+        self._last = engine.now_ms()
+        self._fails = 0  # consecutive failed pulses
+        self._stalled = False
+        self._backoff = 0
+        self._retry_at = 0
+        self._stall_lost = 0  # pulses not delivered since this stall began
+        self._late = 0  # pulses skipped late in this advance
+        self.undelivered_pulses = 0  # failed, skipped in a stall, or skipped late: all time
+        self.failed_pulses = 0
+        self._pulse_day = -1  # when the motor last moved, in the engine's day frame
+        self._pulse_tod = 0
+        self._refill = None
+        self.low_at_ms = None  # worst-case forecast, absolute engine ms; None: not in sight
+        self.empty_at_ms = None
+        self._refill_due_at = None
+        self.forecast()
+
+    # ---- time ----
+
+    def now_ms(self):
+        return self.engine.now_ms()
+
+    def next_wake_ms(self):
+        """When advance() must next run, in the shell's time."""
+        t = self.engine.next_due_ms()
+        a = self.alarms.next_wake_ms()
+        if a < t:
+            t = a
+        for x in (self._refill_due_at, self._refill_deadline(), self._battery_due_at()):
+            if x is not None and x < t:
+                t = x
+        return t - self._offset
+
+    def _refill_deadline(self):
+        if self._refill is None:
+            return None
+        return self._refill.started_ms + self.settings.refill_timeout_ms
+
+    def _battery_due_at(self):
+        # The first instant a due sample finds the motor idle for settle_ms on both sides.
+        st = self.settings.settle_ms
+        t = self.battery.next_due_ms()
+        if self._pulse_day >= 0:
+            quiet = self._pulse_day * L.DAY_MS + self._pulse_tod + st
+            if quiet > t:
+                t = quiet
+        nxt = self.engine.next_due_ms()
+        if nxt - t < st:
+            t = nxt + st
+        return t
+
+    def advance(self, now_ms, mech, buzzer):
+        """Deliver every pulse due up to now_ms through mech, then update alarms and the
+        buzzer. Returns the number of pulses the mechanism confirmed."""
+        t = now_ms + self._offset
+        if t < self._last:
+            # The clock ran backwards: keep the engine's time going on from where it was, so
+            # therapy neither stops nor repeats, and say so.
+            self.alarms.event(A.CLOCK, self._last, "backwards", self._last - t)
+            self._offset += self._last - t
+            t = self._last
+        self._last = t
+        day, tod = divmod(t, L.DAY_MS)
+        done = self._deliver(day, tod, mech)
+        self.engine.run_until(t)
+        if self._late:
+            self.alarms.event(A.CLOCK, t, "late", self._late)
+            self.log("pulses_skipped_late", self._late)
+            self._late = 0
+        self._timers(t)
+        self.alarms.tick(t, buzzer)
+        return done
+
+    def _deliver(self, day, tod, mech):
+        # The per-pulse loop works in the engine's day frame, so on the ESP32 (31-bit small
+        # ints) it makes no long ints: nothing here allocates unless something goes wrong.
+        eng = self.engine
+        done = 0
+        while True:
+            lag = (day - eng.day) * L.DAY_MS + tod - eng.tod_ms() - eng.wait_ms()
+            if lag < 0:
+                return done
+            ev = eng.fire()
+            if ev == E.EV_PULSE:
+                done += self._pulse(lag, mech)
+            elif ev == E.EV_BLOCKED:
+                self.alarms.condition(A.LIMITER_BLOCK, True, eng.now_ms())
+                self.forecast()
+
+    def _pulse(self, lag, mech):
+        # lag: how long ago this pulse was due.
+        if lag > self.settings.late_ms:
+            # Delivering every overdue pulse at once would be a bolus nobody ordered.
+            self._late += 1
+            self.undelivered_pulses += 1
+            return 0
+        if self._stalled and self._before_retry():
+            self._stall_lost += 1
+            self.undelivered_pulses += 1
+            return 0
+        self.battery.on_pulse()
+        eng = self.engine
+        self._pulse_day = eng.day
+        self._pulse_tod = eng.tod_ms()
+        if mech.pulse():
+            self._fails = 0
+            ev = self.reservoir.on_pulse()
+            if ev:
+                self._reservoir_crossed(ev, eng.now_ms())
+            if self._stalled:
+                self._stall_end(eng.now_ms())
+            else:
+                self._stall_lost = 0
+            return 1
+        self._failed(eng.now_ms())
+        return 0
+
+    def _before_retry(self):
+        return self.engine.now_ms() < self._retry_at
+
+    def _failed(self, due):
+        s = self.settings
+        self._fails += 1
+        self.failed_pulses += 1
+        self.undelivered_pulses += 1
+        self._stall_lost += 1
+        self.log("pulse_failed", self._fails, self.reservoir.pulse_volume_nl_ceil())
+        if self._stalled:
+            b = self._backoff * 2
+            self._backoff = b if b < s.backoff_max_ms else s.backoff_max_ms
+            self._retry_at = due + self._backoff
+            self.log("stall_retry_failed", self._backoff)
+        elif self._fails >= s.stall_count:
+            self._stalled = True
+            self._backoff = s.backoff_min_ms
+            self._retry_at = due + self._backoff
+            self.log("stall", self._stall_lost, self._lost_nl(self._stall_lost))
+            self.alarms.condition(A.STALL, True, due)
+
+    def _stall_end(self, due):
+        self._stalled = False
+        self.log("stall_end", self._stall_lost, self._lost_nl(self._stall_lost))
+        self._stall_lost = 0
+        self.alarms.condition(A.STALL, False, due)
+
+    def _lost_nl(self, pulses):
+        return self.reservoir.volume_of_pulses_nl(pulses)
+
+    def stalled(self):
+        return self._stalled
+
+    def _reservoir_crossed(self, ev, at):
+        if ev == RS.EMPTY:
+            # Therapy goes on: the estimate may be low, and stopping baclofen is dangerous.
+            self.alarms.condition(A.RES_EMPTY, True, at)
+        self.alarms.condition(A.RES_LOW, True, at)
+
+    def _timers(self, t):
+        if self._refill_due_at is not None and t >= self._refill_due_at:
+            self._refill_due_at = None
+            if not self.reservoir.is_low():
+                self.alarms.condition(A.REFILL_DUE, True, t)
+        dl = self._refill_deadline()
+        if dl is not None and t >= dl:
+            self._abandon("timeout")
+
+    # ---- battery ----
+
+    def battery_due(self, now_ms):
+        """True when a battery sample is due and the motor is idle long enough around it."""
+        t = now_ms + self._offset
+        if not self.battery.due(t):
+            return False
+        st = self.settings.settle_ms
+        if self._pulse_day >= 0 and t - (self._pulse_day * L.DAY_MS + self._pulse_tod) < st:
+            return False
+        return self.engine.next_due_ms() - t >= st
+
+    def battery_sample(self, now_ms, sum_uv, count):
+        t = now_ms + self._offset
+        ch = self.battery.sample(t, sum_uv, count)
+        if ch is None:
+            return None
+        new = ch[1]
+        self.alarms.condition(A.BATT_ERI, new != B.OK, t)
+        self.alarms.condition(A.BATT_EOS, new == B.EOS, t)
+        if new == B.EOS:
+            self.log("loads_cut", "advertising")
+        elif ch[0] == B.EOS:
+            self.log("loads_restored", "advertising")
+        return ch
+
+    def loads_cut(self):
+        return self.battery.loads_cut()
+
+    def radio_on(self, ms):
+        self.battery.radio_on(ms)
+
+    # ---- forecast ----
+
+    def usage(self):
+        """The worst-case consumption model of what runs now."""
+        eng = self.engine
+        conc = eng.next_conc()
+        u = RS.Usage(eng.tod_ms(), conc, upfront_ng=eng.stream_left_ng())
+        bridge = eng.bridge_pulses_left()
+        if bridge and eng.conc < conc:
+            # The bridge runs at the old, weaker strength: more volume than its dose at conc.
+            v = self.reservoir.volume_of_pulses_nl(bridge)
+            u.extra_nl = v - v * eng.conc // conc
+        if eng.fault:
+            u.upfront_ng = 0
+        elif eng.mode == E.MODE_PROGRAM:
+            rx = eng.rx
+            u.steps = rx.steps
+            u.periodic = rx.periodic
+            u.patient = (rx.patient_dose_ng, rx.patient_lockout_s * 1000, rx.patient_max_per_24h)
+        elif eng.mode == E.MODE_MINIMUM:
+            u.flow_nl_per_day = L.HARD_MIN_RATE_NL_PER_DAY
+        return u
+
+    def forecast(self):
+        """Recompute when the reservoir reaches its low threshold and empties (worst case)."""
+        now = self.now_ms()
+        u = self.usage()
+        res = self.reservoir
+        left = res.remaining_nl()
+        lo = u.time_to_use_ms(left - res.low_nl)
+        em = u.time_to_use_ms(left)
+        self.low_at_ms = None if lo is None else now + lo
+        self.empty_at_ms = None if em is None else now + em
+        self.log("forecast", -1 if lo is None else now + lo, -1 if em is None else now + em)
+        self._refill_due_at = None
+        due = None if self.low_at_ms is None else self.low_at_ms - self.settings.refill_notice_ms
+        if due is not None and due <= now and not res.is_low():
+            self.alarms.condition(A.REFILL_DUE, True, now)
+        else:
+            self.alarms.condition(A.REFILL_DUE, False, now)
+            if due is not None and not res.is_low():
+                self._refill_due_at = due
+
+    # ---- requests passed to the engine ----
+
+    def _after(self, refusal):
+        if refusal is None:
+            self.forecast()
+        return refusal
+
+    def program(self, rx, confirm=False):
+        return self._after(self.engine.program(rx, confirm))
+
+    def set_mode(self, mode):
+        return self._after(self.engine.set_mode(mode))
+
+    def set_limits(self, lim):
+        return self.engine.set_limits(lim)
+
+    def clinician_bolus(self, dose_ng, duration_s):
+        return self._after(self.engine.clinician_bolus(dose_ng, duration_s))
+
+    def patient_bolus(self):
+        return self._after(self.engine.patient_bolus())
+
+    def prime(self, volume_nl):
+        return self._after(self.engine.prime(volume_nl))
+
+    def clear_fault(self):
+        r = self.engine.clear_fault()
+        if r is None:
+            self.alarms.condition(A.LIMITER_BLOCK, False, self.now_ms())
+            self.forecast()
+        return r
+
+    # ---- requests of the supervisor itself ----
+
+    def _refused(self, request, code, field):
+        self.log("refused", request, code, field)
+        return Refusal(code, field)
+
+    def set_low_threshold(self, low_nl):
+        bad = RX.check_range(low_nl, 0, self.reservoir.capacity_nl, "low_nl")
+        if bad:
+            return self._refused("set_low_threshold", bad.code, bad.field)
+        self.log("low_threshold", self.reservoir.low_nl, low_nl)
+        self.reservoir.set_low(low_nl)
+        self.settings.low_nl = low_nl
+        self.alarms.condition(A.RES_LOW, self.reservoir.is_low(), self.now_ms())
+        self.forecast()
+        return None
+
+    def acknowledge(self, cid):
+        return self.alarms.acknowledge(cid, self.now_ms())
+
+    def snooze(self, cid, duration_ms):
+        return self.alarms.snooze(cid, self.now_ms(), duration_ms)
+
+    def alarm_test(self):
+        self.alarms.test(self.now_ms())
+
+    def report(self, cid, present):
+        """A condition found by the shell (self-test, storage, clock lost at boot)."""
+        if cid not in (A.SELF_TEST, A.CLOCK):
+            return self._refused("report", R.NOT_ALLOWED, "alarm")
+        if cid == A.CLOCK and present:
+            self.alarms.event(A.CLOCK, self.now_ms(), "lost")
+        else:
+            self.alarms.condition(cid, present, self.now_ms())
+        return None
+
+    # ---- refill: begin, fill, commit; abandon at any point changes nothing ----
+
+    def refill_begin(self, withdrawn_nl):
+        """Step 1: the volume the clinician withdrew, compared with the expected residual.
+        Returns None or a Refusal; refill_status() then shows the comparison."""
+        if self._refill is not None:
+            return self._refused("refill_begin", R.STEP_ORDER, "refill")
+        bad = RX.check_range(withdrawn_nl, 0, self.reservoir.capacity_nl, "withdrawn_nl")
+        if bad:
+            code = R.OVER_CAPACITY if bad.code == R.ABOVE_MAX else bad.code
+            return self._refused("refill_begin", code, bad.field)
+        res = self.reservoir
+        s = self.settings
+        tol = RS.discrepancy_tolerance_nl(res.used_nl(), s.tol_min_nl, s.tol_pct)
+        self._refill = _Refill(self.now_ms(), withdrawn_nl, res.remaining_nl(), tol)
+        return None
+
+    def refill_fill(self, fill_nl, conc_ug_per_ml):
+        """Step 2: the new fill volume and the strength of the drug filled."""
+        if self._refill is None or self._refill.fill_nl >= 0:
+            return self._refused("refill_fill", R.STEP_ORDER, "refill")
+        bad = RX.check_range(fill_nl, 1, self.reservoir.capacity_nl, "fill_nl")
+        if bad:
+            code = R.OVER_CAPACITY if bad.code == R.ABOVE_MAX else bad.code
+            return self._refused("refill_fill", code, bad.field)
+        if not RX.conc_allowed(conc_ug_per_ml):
+            return self._refused("refill_fill", R.NOT_ALLOWED, "conc_ug_per_ml")
+        self._refill.fill_nl = fill_nl
+        self._refill.conc = conc_ug_per_ml
+        return None
+
+    def refill_commit(self):
+        """Steps 3 and 4: apply the refill as one event. A new strength starts the bridge bolus
+        and keeps the prescribed dose; the forecast is recomputed."""
+        f = self._refill
+        if f is None or f.fill_nl < 0:
+            return self._refused("refill_commit", R.STEP_ORDER, "refill")
+        eng = self.engine
+        old_conc = eng.next_conc()
+        bridge = 0
+        if f.conc != old_conc:
+            bad = eng.change_strength(f.conc, self.settings.dead_volume_nl)
+            if bad:
+                return bad  # the engine logged it; the refill stays open to retry or abandon
+            bridge = eng.bridge_pulses_left()
+        now = self.now_ms()
+        disc = f.discrepancy()
+        self.log("refill", f.withdrawn_nl, f.expected_nl, f.fill_nl, old_conc, f.conc, bridge,
+                 1 if disc else 0)  # fmt: skip
+        self._refill = None
+        self.reservoir.refill(f.fill_nl)
+        if disc:
+            self.alarms.event(A.DISCREPANCY, now, f.withdrawn_nl, f.expected_nl)
+        self.alarms.condition(A.RES_EMPTY, self.reservoir.is_empty(), now)
+        self.alarms.condition(A.RES_LOW, self.reservoir.is_low(), now)
+        self.alarms.condition(A.REFILL_DUE, False, now)
+        self.forecast()
+        return None
+
+    def refill_abandon(self):
+        if self._refill is None:
+            return self._refused("refill_abandon", R.NOT_ACTIVE, "refill")
+        self._abandon("user")
+        return None
+
+    def _abandon(self, why):
+        f = self._refill
+        self._refill = None
+        self.log("refill_abandoned", why, f.withdrawn_nl, f.expected_nl)
+
+    def refill_status(self):
+        """(withdrawn, expected, tolerance, discrepancy, fill, conc) of the open refill, or
+        None."""
+        f = self._refill
+        if f is None:
+            return None
+        return (f.withdrawn_nl, f.expected_nl, f.tolerance_nl, f.discrepancy(), f.fill_nl, f.conc)
