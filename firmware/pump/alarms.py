@@ -39,13 +39,15 @@ TABLE = {
 }
 
 # Tone patterns: alternating on/off durations in ms, starting and ending with a tone. They differ
-# in pulse count and tone length (5 short, 3 medium, 2 long) so they can be told apart by ear,
-# and HIGH + MEDIUM together last under 1 s, which bounds how long a new alarm waits to sound.
+# in pulse count and tone length (5 short, 3 medium, 2 long) so they can be told apart by ear.
+# A new alarm waits at most for a high and a medium pattern with their gaps: 350 + 410 + 2 * 80
+# = 920 ms, under the 1 s goal (unless yet more higher-priority alarms arise meanwhile).
 PATTERNS = {
-    HIGH: (50, 30, 50, 30, 50, 70, 50, 30, 50),
-    MEDIUM: (100, 80, 100, 80, 100),
+    HIGH: (40, 30, 40, 30, 40, 60, 40, 30, 40),
+    MEDIUM: (90, 70, 90, 70, 90),
     LOW: (300, 200, 300),
 }
+GAP_MS = const(80)  # silence between two patterns, so their tones do not run together
 REPEAT_MS = {HIGH: 10_000, MEDIUM: 60_000, LOW: 600_000}
 SNOOZE_MAX_MS = {HIGH: 900_000, MEDIUM: 86_400_000, LOW: 604_800_000}
 
@@ -83,8 +85,8 @@ class Alarms:
     An alarm latches when its condition arises and ends only when the condition has cleared and
     it has been acknowledged, in either order. Acknowledging does not silence it; snoozing does,
     for a limited time. Every audible priority plays its pattern at its repeat interval, higher
-    priorities first; a new alarm plays at once, cutting short a pattern of its own or a lower
-    priority.
+    priorities first, with a short gap between patterns. An alarm not yet annunciated goes
+    before any repeat, and cuts short a pattern of its own or a lower priority.
     """
 
     def __init__(self, log=None, repeat_ms=None, snooze_max_ms=None):
@@ -96,6 +98,7 @@ class Alarms:
         self._test = []  # priorities still to play for an alarm test
         self.playing = -1  # priority whose pattern is sounding, -1 when silent
         self._testing = False
+        self._rest_until = 0  # no pattern starts before this: the gap after the last one
         self._seg = 0
         self._seg_end = 0
         self.max_latency_ms = 0  # worst raise-to-first-tone time seen (self-monitoring)
@@ -181,8 +184,11 @@ class Alarms:
 
     def test(self, now_ms):
         """Queue every tone pattern once, high to low (the clinician's alarm test)."""
+        if self._test or self._testing and self.playing >= 0:
+            return self._refused("alarm_test", R.ALREADY_DONE, "alarm_test")
         self._test = [HIGH, MEDIUM, LOW]
         self.log("alarm_test")
+        return None
 
     def _refused(self, request, code, field):
         self.log("refused", request, code, field)
@@ -217,15 +223,32 @@ class Alarms:
                 return True
         return False
 
+    def _pending(self, p):
+        # An audible alarm of priority p whose pattern has not sounded since it was (re)raised.
+        for cid, a in self._latched.items():
+            if TABLE[cid][1] == p and not a[_SNOOZE] and a[_PENDING] >= 0:
+                return True
+        return False
+
     def _expire_snoozes(self, now_ms):
         for cid, a in self._latched.items():
             if a[_SNOOZE] and now_ms >= a[_SNOOZE]:
                 a[_SNOOZE] = 0
                 a[_PENDING] = now_ms
-                p = TABLE[cid][1]
-                if self._due[p] > now_ms:
-                    self._due[p] = now_ms
                 self.log("alarm_snooze_end", TABLE[cid][0])
+
+    def _pick(self, now_ms):
+        """(priority, new) of the pattern to play next, (-1, False) if none. Alarms not yet
+        annunciated go first, highest priority first; then repeats that are due."""
+        for p in (HIGH, MEDIUM, LOW):
+            if self._pending(p):
+                return p, True
+        for p in (HIGH, MEDIUM, LOW):
+            if self._due[p] <= now_ms:
+                if self._audible(p):
+                    return p, False
+                self._due[p] = NEVER
+        return -1, False
 
     def _start(self, p, now_ms, buzzer, testing):
         self.playing = p
@@ -243,18 +266,15 @@ class Alarms:
                     self.max_latency_ms = lat
                 a[_PENDING] = -1
 
-    def _stop(self, buzzer):
+    def _stop(self, now_ms, buzzer):
+        # A pattern cut short is not replayed: its alarms have sounded, and their repeat comes
+        # at the usual interval. The gap keeps the next pattern from running into this one.
         if self._seg % 2 == 0:
             buzzer.set(False)
+        if self._testing:
+            self._test.insert(0, self.playing)
         self.playing = -1
-
-    def _due_priority(self, now_ms):
-        for p in (HIGH, MEDIUM, LOW):
-            if self._due[p] <= now_ms:
-                if self._audible(p):
-                    return p
-                self._due[p] = NEVER
-        return -1
+        self._rest_until = now_ms + GAP_MS
 
     def tick(self, now_ms, buzzer):
         """Drive the buzzer up to now_ms. Returns when to call again (NEVER if not needed)."""
@@ -262,18 +282,13 @@ class Alarms:
             return NEVER  # the usual case, kept allocation-free
         self._expire_snoozes(now_ms)
         while True:
-            p = self._due_priority(now_ms)
             if self.playing >= 0:
-                if p >= 0 and (p >= self.playing or self._testing):
-                    if not self._testing:
-                        # The cut-short pattern plays again once the new one is done.
-                        self._due[self.playing] = now_ms
-                    else:
-                        self._test.insert(0, self.playing)
-                    self._stop(buzzer)
+                p, new = self._pick(now_ms)
+                if new and (p >= self.playing or self._testing):
+                    self._stop(now_ms, buzzer)  # a new alarm sounds at once
                     continue
-                if self.playing >= 0 and not self._testing and not self._audible(self.playing):
-                    self._stop(buzzer)
+                if not self._testing and not self._audible(self.playing):
+                    self._stop(now_ms, buzzer)
                     continue
                 if now_ms < self._seg_end:
                     break
@@ -282,10 +297,14 @@ class Alarms:
                 if self._seg == len(pat):
                     self.playing = -1
                     buzzer.set(False)
+                    self._rest_until = self._seg_end + GAP_MS
                     continue
                 buzzer.set(self._seg % 2 == 0)
                 self._seg_end += pat[self._seg]
                 continue
+            if now_ms < self._rest_until:
+                break
+            p, _new = self._pick(now_ms)
             if p >= 0:
                 self._start(p, now_ms, buzzer, False)
             elif self._test:
@@ -295,14 +314,20 @@ class Alarms:
         return self.next_wake_ms()
 
     def next_wake_ms(self):
+        """When tick() must run next; never earlier than its last call while anything waits."""
+        if self.playing < 0 and not self._latched and not self._test:
+            return NEVER  # the usual case, kept allocation-free
         t = NEVER
         if self.playing >= 0:
             t = self._seg_end
-        elif self._test:
-            return 0
-        for p in (HIGH, MEDIUM, LOW):
-            if self._due[p] < t:
-                t = self._due[p]
+        else:
+            for p in (HIGH, MEDIUM, LOW):
+                if self._due[p] < t and self._audible(p):
+                    t = self._due[p]
+            if self._test and self._rest_until < t:
+                t = self._rest_until
+            if t < self._rest_until:
+                t = self._rest_until
         for a in self._latched.values():
             if a[_SNOOZE] and a[_SNOOZE] < t:
                 t = a[_SNOOZE]

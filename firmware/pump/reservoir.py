@@ -44,9 +44,10 @@ class Reservoir:
         self._low_at = self._pulses_to_use(self.fill_nl - self.low_nl)
         self._empty_at = self._pulses_to_use(self.fill_nl)
 
-    def refill(self, fill_nl):
+    def refill(self, fill_nl, pulses_since=0):
+        """A new fill; pulses_since were confirmed after it went in and before this call."""
         self.fill_nl = fill_nl
-        self.pulses = 0
+        self.pulses = pulses_since
         self._thresholds()
 
     def set_low(self, low_nl):
@@ -94,8 +95,10 @@ class Usage:
     every patient bolus taken as soon as it is allowed, boluses counted whole when they start.
 
     tod_ms: time of day now. steps, periodic: the programme (empty when none runs).
-    patient: (dose_ng, lockout_ms, max_per_24h). upfront_ng: doses already started (running
-    boluses). extra_nl: volume not covered by the dose at conc (the rest of a bridge).
+    patient: (dose_ng, lockout_ms, max_per_24h): boluses at 0, lockout, 2 * lockout, ... as
+    long as fewer than max_per_24h started in the last 24 h, as the engine allows them.
+    upfront_ng: doses already started (running boluses). extra_nl: volume not covered by the
+    dose at conc (the rest of a bridge).
     flow_nl_per_day: a volume rate that runs without a programme (the minimum-rate mode).
     """
 
@@ -149,11 +152,15 @@ class Usage:
         return total
 
     def _patient_ng(self, span_ms):
-        # Boluses at 0, lockout, 2*lockout, ... at most n in any 24 h: n at the start of every
-        # day from now, spaced by the lockout. Counted whole when they start (the earliest use).
+        # The earliest schedule the engine allows: bolus i at max(previous + lockout, the n-th
+        # before it + 24 h). With n * lockout < 24 h that is n at the start of every day,
+        # spaced by the lockout. Counted whole when they start.
         dose, lockout_ms, n = self.patient
         if not n or not dose:
             return 0
+        if lockout_ms * n >= L.DAY_MS:
+            # The lockout alone keeps any 24 h to n boluses: one every lockout.
+            return dose * (span_ms // lockout_ms + 1)
         days, rem = divmod(span_ms, L.DAY_MS)
         k = rem // lockout_ms + 1 if lockout_ms else n
         return dose * (n * days + (k if k < n else n))

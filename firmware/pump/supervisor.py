@@ -40,7 +40,8 @@ class Settings:
 
 
 class _Refill:
-    __slots__ = ("started_ms", "withdrawn_nl", "expected_nl", "tolerance_nl", "fill_nl", "conc")
+    __slots__ = ("started_ms", "withdrawn_nl", "expected_nl", "tolerance_nl", "fill_nl", "conc",
+                 "pulses_at_fill")  # fmt: skip
 
     def __init__(self, started_ms, withdrawn_nl, expected_nl, tolerance_nl):
         self.started_ms = started_ms
@@ -49,6 +50,7 @@ class _Refill:
         self.tolerance_nl = tolerance_nl
         self.fill_nl = -1
         self.conc = 0
+        self.pulses_at_fill = 0  # reservoir pulses when the new fill went in
 
     def discrepancy(self):
         d = self.withdrawn_nl - self.expected_nl
@@ -96,12 +98,22 @@ class Supervisor:
     def next_wake_ms(self):
         """When advance() must next run, in the shell's time."""
         t = self.engine.next_due_ms()
-        a = self.alarms.next_wake_ms()
-        if a < t:
-            t = a
-        for x in (self._refill_due_at, self._refill_deadline(), self._battery_due_at()):
-            if x is not None and x < t:
+        x = self.alarms.next_wake_ms()
+        if x < t:
+            t = x
+        x = self._refill_due_at
+        if x is not None and x < t:
+            t = x
+        if self._refill is not None:
+            x = self._refill_deadline()
+            if x < t:
                 t = x
+        x = self._battery_due_at()
+        if x < t:
+            t = x
+        # Never before the last advance: the shell would take that for a clock running back.
+        if t < self._last:
+            t = self._last
         return t - self._offset
 
     def _refill_deadline(self):
@@ -120,6 +132,10 @@ class Supervisor:
         nxt = self.engine.next_due_ms()
         if nxt - t < st:
             t = nxt + st
+        if t <= self._last:
+            # Due at the last advance but not taken (an ADC read failed?): ask again in a while
+            # rather than at once, so a missing sample cannot spin the loop.
+            t = self._last + st
         return t
 
     def advance(self, now_ms, mech, buzzer):
@@ -133,8 +149,7 @@ class Supervisor:
             self._offset += self._last - t
             t = self._last
         self._last = t
-        day, tod = divmod(t, L.DAY_MS)
-        done = self._deliver(day, tod, mech)
+        done = self._deliver(t // L.DAY_MS, t % L.DAY_MS, mech)  # divmod() would make a tuple
         self.engine.run_until(t)
         if self._late:
             self.alarms.event(A.CLOCK, t, "late", self._late)
@@ -368,7 +383,7 @@ class Supervisor:
         return self.alarms.snooze(cid, self.now_ms(), duration_ms)
 
     def alarm_test(self):
-        self.alarms.test(self.now_ms())
+        return self.alarms.test(self.now_ms())
 
     def report(self, cid, present):
         """A condition found by the shell (self-test, storage, clock lost at boot)."""
@@ -409,6 +424,7 @@ class Supervisor:
             return self._refused("refill_fill", R.NOT_ALLOWED, "conc_ug_per_ml")
         self._refill.fill_nl = fill_nl
         self._refill.conc = conc_ug_per_ml
+        self._refill.pulses_at_fill = self.reservoir.pulses
         return None
 
     def refill_commit(self):
@@ -430,7 +446,8 @@ class Supervisor:
         self.log("refill", f.withdrawn_nl, f.expected_nl, f.fill_nl, old_conc, f.conc, bridge,
                  1 if disc else 0)  # fmt: skip
         self._refill = None
-        self.reservoir.refill(f.fill_nl)
+        # Pulses since the fill step came out of the new fill.
+        self.reservoir.refill(f.fill_nl, self.reservoir.pulses - f.pulses_at_fill)
         if disc:
             self.alarms.event(A.DISCREPANCY, now, f.withdrawn_nl, f.expected_nl)
         self.alarms.condition(A.RES_EMPTY, self.reservoir.is_empty(), now)

