@@ -202,11 +202,14 @@ def run(days, stall_day):
 def main(argv=None):
     parser = argparse.ArgumentParser(description="Run the virtual pump on a demo programme.")
     parser.add_argument("--days", type=int, default=30, help="days to simulate (default 30)")
-    parser.add_argument("--stall-day", type=int, default=3,
-                        help="day with a 3-hour motor jam (0: none; default 3)")  # fmt: skip
+    parser.add_argument("--stall-day", type=int, default=None,
+                        help="day with a 3-hour motor jam (0: none; default 3, "
+                             "or none in a shorter run)")  # fmt: skip
     args = parser.parse_args(argv)
     if not 1 <= args.days <= 3650:
         raise SystemExit("--days must be between 1 and 3650.")
+    if args.stall_day is None:
+        args.stall_day = 3 if args.days >= 3 else 0
     if not 0 <= args.stall_day <= args.days:
         raise SystemExit("--stall-day must be between 0 and --days.")
     run(args.days, args.stall_day)
