@@ -1,4 +1,5 @@
-# Benchmarks: measures the dosing engine and writes build/bench.json (metric name -> number).
+# Benchmarks: measures the dosing engine (and, via bench_battery.py, the battery monitor and
+# alarm latency) and writes build/bench.json (metric name -> number).
 # Performance lives here, never in timed tests. Usage: python tools/bench.py [--programmes N]
 
 import argparse
@@ -18,7 +19,7 @@ from pump import engine as E  # noqa: E402
 from pump import limits as L  # noqa: E402
 from pump import rx as RX  # noqa: E402
 from pump.limiter import Limiter  # noqa: E402
-from tools import mpy  # noqa: E402
+from tools import bench_battery, mpy  # noqa: E402
 
 OUT = ROOT / "build" / "bench.json"
 HORIZON_DAYS = 180
@@ -112,6 +113,8 @@ def main(argv=None):
     metrics["dosing.micropython_to_cpython_ratio"] = (
         metrics["dosing.pulses_per_s_micropython"] / metrics["dosing.pulses_per_s_cpython"]
     )
+    print("battery discharge and alarm latency simulations ...")
+    metrics.update(bench_battery.metrics())
     OUT.parent.mkdir(exist_ok=True)
     old = json.loads(OUT.read_text()) if OUT.exists() else {}
     old.update(metrics)

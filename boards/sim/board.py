@@ -27,7 +27,7 @@ PUMP_DEAD_VOLUME_NL = 250_000
 CELL = battery.Cell(
     "sim-li-cfx",
     capacity_uah=2_000_000,
-    eri_mv=2650,
+    eri_mv=2680,
     eos_mv=2450,
     hyst_mv=50,
     eos_reserve_pct=2,
@@ -46,6 +46,10 @@ CELL = battery.Cell(
     ),  # fmt: skip
     r_mohm=5000,
 )
+# ERI is raised when the projected life falls under this margin (or the voltage under eri_mv).
+# 2680 mV sits at about 91 % depth of discharge on the curve above, EOS (2450 mV) at about 98 %:
+# more than 90 days apart even when the cell drains 10 % faster than the charge model says.
+ERI_MARGIN_DAYS = 90
 # Charge model: sleeping draw, one motor pulse (16 microsteps at about 40 mA for 25 ms), and the
 # radio while on. The budget is derated by 10 % for the model's own error.
 ENERGY = battery.Energy(quiescent_ua=20, pulse_nc=1_000_000, radio_ua=8_000, margin_pct=10)

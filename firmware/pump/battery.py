@@ -150,12 +150,19 @@ class Monitor:
         return cap - cap * self.cell.eos_reserve_pct // 100 - self.used_nc
 
     def average_ua_x1000(self, now_ms):
-        """Recent average current in nA (over up to the last 7 days; the model's quiescent
-        current until a day has passed)."""
+        """Recent average current in nA, over up to the last 7 days (in the first day, the draw
+        so far or the quiescent current, whichever is higher)."""
         t0, u0 = self._marks[0]
-        if now_ms - t0 < L.DAY_MS:
-            return self.energy.quiescent_ua * 1000
-        return (self.used_nc - u0) * 1000 // (now_ms - t0)
+        dt = now_ms - t0
+        if dt >= L.DAY_MS:
+            return (self.used_nc - u0) * 1000 // dt
+        # Less than a day of history: the draw so far, but never below the model's floor.
+        q = self.energy.quiescent_ua * 1000
+        if dt > 0:
+            seen = (self.used_nc - u0) * 1000 // dt
+            if seen > q:
+                return seen
+        return q
 
     def life_ms(self, now_ms):
         """Projected time to EOS at the recent average current, on the derated budget."""
@@ -211,8 +218,8 @@ class Monitor:
             # Back only on the voltage, debounced, clear of the threshold by the hysteresis.
             if self.state == EOS and self._above[EOS] >= n and self.budget_nc() > 0:
                 new = ERI
-            if new == ERI and self._above[ERI] >= n and life is not None and \
-                    life >= self.eri_margin_ms:  # fmt: skip
+            if new == ERI and self._above[ERI] >= n and (life is None or
+                                                          life >= self.eri_margin_ms):  # fmt: skip
                 new = OK
         if new == self.state:
             return None
