@@ -98,7 +98,8 @@ def build(events):
     eng = E.Engine(cal, limiter, LIMITS, DEMO.conc_ug_per_ml, log=log)
     capacity = board.RESERVOIR_NL[board.VARIANT]
     res = RS.Reservoir(cal, capacity, 2_000_000, capacity)
-    bat = B.Monitor(board.CELL, board.ENERGY, board.ADC_CAL, log=log)
+    bat = B.Monitor(board.CELL, board.ENERGY, board.ADC_CAL, log=log,
+                    eri_margin_days=board.ERI_MARGIN_DAYS)  # fmt: skip
     sup = S.Supervisor(eng, res, bat, A.Alarms(log=log), S.Settings(board.PUMP_DEAD_VOLUME_NL),
                        log=log)  # fmt: skip
     return sup, hw.SimCell(board.CELL, board.ADC_CAL, seed=7)

@@ -40,11 +40,12 @@ TABLE = {
 
 # Tone patterns: alternating on/off durations in ms, starting and ending with a tone. They differ
 # in pulse count and tone length (5 short, 3 medium, 2 long) so they can be told apart by ear.
-# A new alarm waits at most for a high and a medium pattern with their gaps: 350 + 410 + 2 * 80
-# = 920 ms, under the 1 s goal (unless yet more higher-priority alarms arise meanwhile).
+# A new alarm waits at most for the gap after a pattern it or another new alarm cut, a high and
+# a medium pattern, and their gaps: 350 + 360 + 3 * 80 = 950 ms, under the 1 s goal (unless yet
+# more alarms of higher priority arise while it waits).
 PATTERNS = {
     HIGH: (40, 30, 40, 30, 40, 60, 40, 30, 40),
-    MEDIUM: (90, 70, 90, 70, 90),
+    MEDIUM: (80, 60, 80, 60, 80),
     LOW: (300, 200, 300),
 }
 GAP_MS = const(80)  # silence between two patterns, so their tones do not run together
@@ -99,6 +100,7 @@ class Alarms:
         self.playing = -1  # priority whose pattern is sounding, -1 when silent
         self._testing = False
         self._rest_until = 0  # no pattern starts before this: the gap after the last one
+        self._now = 0  # latest time given to any call: next_wake_ms() is never before it
         self._seg = 0
         self._seg_end = 0
         self.max_latency_ms = 0  # worst raise-to-first-tone time seen (self-monitoring)
@@ -107,6 +109,7 @@ class Alarms:
 
     def condition(self, cid, present, now_ms):
         """Report whether a condition holds now. Returns True if this changed anything."""
+        self._seen(now_ms)
         if present:
             return self._arise(cid, now_ms)
         return self._clear(cid, now_ms)
@@ -114,6 +117,7 @@ class Alarms:
     def event(self, cid, now_ms, *detail):
         """An alarm whose condition is a moment (a discrepancy, a clock jump): it needs only
         acknowledging to end."""
+        self._seen(now_ms)
         self._arise(cid, now_ms, detail)
         self._clear(cid, now_ms)
 
@@ -129,11 +133,10 @@ class Alarms:
             # The condition came back before the alarm ended: it needs acknowledging again.
             a[_PRESENT] = True
             a[_ACKED] = False
+            if a[_PENDING] < 0 or a[_SNOOZE]:
+                a[_PENDING] = now_ms  # still unheard: it keeps waiting from its first raise
             a[_SNOOZE] = 0
-            a[_PENDING] = now_ms
             self.log("alarm_recur", nm, PRIORITY_NAMES[p], *detail)
-        if p != INFO:
-            self._due[p] = now_ms
         return True
 
     def _clear(self, cid, now_ms):
@@ -155,6 +158,7 @@ class Alarms:
 
     def acknowledge(self, cid, now_ms):
         """The user has seen the alarm. Returns None, or a Refusal if it is not latched."""
+        self._seen(now_ms)
         a = self._latched.get(cid)
         if a is None:
             return self._refused("acknowledge", R.NOT_ACTIVE, "alarm")
@@ -168,6 +172,7 @@ class Alarms:
 
     def snooze(self, cid, now_ms, duration_ms):
         """Silence one alarm for a limited time; it sounds again when that ends."""
+        self._seen(now_ms)
         a = self._latched.get(cid)
         if a is None:
             return self._refused("snooze", R.NOT_ACTIVE, "alarm")
@@ -184,11 +189,16 @@ class Alarms:
 
     def test(self, now_ms):
         """Queue every tone pattern once, high to low (the clinician's alarm test)."""
+        self._seen(now_ms)
         if self._test or self._testing and self.playing >= 0:
             return self._refused("alarm_test", R.ALREADY_DONE, "alarm_test")
         self._test = [HIGH, MEDIUM, LOW]
         self.log("alarm_test")
         return None
+
+    def _seen(self, now_ms):
+        if now_ms > self._now:
+            self._now = now_ms
 
     def _refused(self, request, code, field):
         self.log("refused", request, code, field)
@@ -280,6 +290,7 @@ class Alarms:
         """Drive the buzzer up to now_ms. Returns when to call again (NEVER if not needed)."""
         if self.playing < 0 and not self._latched and not self._test:
             return NEVER  # the usual case, kept allocation-free
+        self._seen(now_ms)
         self._expire_snoozes(now_ms)
         while True:
             if self.playing >= 0:
@@ -314,7 +325,7 @@ class Alarms:
         return self.next_wake_ms()
 
     def next_wake_ms(self):
-        """When tick() must run next; never earlier than its last call while anything waits."""
+        """When tick() must run next; never earlier than the latest time it was given."""
         if self.playing < 0 and not self._latched and not self._test:
             return NEVER  # the usual case, kept allocation-free
         t = NEVER
@@ -324,11 +335,13 @@ class Alarms:
             for p in (HIGH, MEDIUM, LOW):
                 if self._due[p] < t and self._audible(p):
                     t = self._due[p]
-            if self._test and self._rest_until < t:
-                t = self._rest_until
+                if self._pending(p):
+                    t = 0  # an unheard alarm: as soon as the gap allows
+            if self._test:
+                t = 0
             if t < self._rest_until:
                 t = self._rest_until
         for a in self._latched.values():
             if a[_SNOOZE] and a[_SNOOZE] < t:
                 t = a[_SNOOZE]
-        return t
+        return t if t > self._now else self._now

@@ -11,7 +11,7 @@ HOUR = 3_600_000
 READS = 16
 # Worked out on CPython: (sample index, old, new) of every change, and the samples taken.
 EXPECTED = {
-    "sim": ([(468, B.OK, B.ERI), (493, B.ERI, B.EOS)], 520),
+    "sim": ([(459, B.OK, B.ERI), (493, B.ERI, B.EOS)], 520),
     "devkit": (
         [(465, B.OK, B.ERI), (486, B.ERI, B.EOS), (558, B.EOS, B.ERI), (568, B.ERI, B.OK)],
         700,
