@@ -522,3 +522,17 @@ def test_supervisor_radio_time_reaches_the_budget():
     rig.sup.radio_on(120_000)
     rig.bat.fold(rig.eng.now_ms())
     assert rig.bat.used_nc - used >= simb.ENERGY.radio_ua * 120_000
+
+
+@pytest.mark.req("SR-19", "SR-39")
+def test_lipo_kept_on_its_charger_never_reaches_eos():
+    # The dev board's own model spends its budget in about a day; a cell that stays full (on
+    # USB power) must keep restarting the budget, not drift to a false end of service.
+    mon = B.Monitor(devkit.CELL, devkit.ENERGY, devkit.ADC_CAL,
+                    eri_margin_days=devkit.ERI_MARGIN_DAYS)  # fmt: skip
+    full = uv_sum_for(devkit.ADC_CAL, 4_190)
+    for h in range(1, 24 * 14):
+        for _ in range(50):
+            mon.on_pulse()
+        assert mon.sample(h * HOUR, *full) is None, "state changed at hour %d" % h
+    assert mon.state == B.OK and mon.budget_nc() > 0

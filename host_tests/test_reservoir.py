@@ -622,6 +622,9 @@ def test_refill_in_stopped_mode():
 
 @pytest.mark.req("SR-42", "SR-14")
 def test_abandoned_refill_changes_nothing_and_therapy_goes_on():
+    # Delivery and accounting stay exactly as they were. Once the fill step was entered, drug
+    # may have been exchanged, so the accounting-discrepancy alarm says so (nothing else).
+    ALARMS = 15  # index of the alarm list in Pump.state()
     for how in ("user", "timeout"):
         p = checkpoint(8)
         twin = copy.deepcopy(p)
@@ -636,13 +639,48 @@ def test_abandoned_refill_changes_nothing_and_therapy_goes_on():
         p.run_to(t0 + 2 * HOUR)
         twin.run_to(t0 + 2 * HOUR)
         assert p.mech.done > done0  # pulses kept coming during the open refill
-        assert p.state() == twin.state(), how
+        a, b = p.state(), twin.state()
+        assert a[:ALARMS] == b[:ALARMS] and a[ALARMS + 1 :] == b[ALARMS + 1 :], how
+        assert [r[0] for r in a[ALARMS]] == [A.DISCREPANCY] and b[ALARMS] == ()
         assert p.sup.refill_status() is None
         assert not p.events("refill")
         (ab,) = p.events("refill_abandoned")
-        assert ab[1][0] == how
+        assert ab[1][0] == how and ab[1][3:] == (20 * ML, 1000)
         extra = [e for e in p.log if e not in twin.log]
-        assert [e[1] for e in extra] == ["refill_abandoned"]
+        assert [e[1] for e in extra] == [
+            "refill_abandoned", "alarm_raise", "alarm_condition_cleared"
+        ]  # fmt: skip
+
+
+@pytest.mark.req("SR-42")
+def test_refill_abandoned_after_a_matching_withdrawal_changes_nothing_at_all():
+    p = checkpoint(8)
+    twin = copy.deepcopy(p)
+    t0 = p.eng.now_ms()
+    p.ok(p.sup.refill_begin(p.res.remaining_nl()))
+    p.run_to(t0 + 10 * MIN)
+    p.ok(p.sup.refill_abandon())
+    p.run_to(t0 + HOUR)
+    twin.run_to(t0 + HOUR)
+    assert p.state() == twin.state()
+    extra = [e for e in p.log if e not in twin.log]
+    assert [e[1] for e in extra] == ["refill_abandoned"]
+
+
+@pytest.mark.req("SR-42")
+def test_a_strength_the_engine_would_refuse_is_refused_at_the_fill_step():
+    # During a bridge no new strength can be taken: say so before the drug goes in.
+    p = checkpoint(8)
+    p.ok(p.sup.refill_begin(p.res.remaining_nl()))
+    p.ok(p.sup.refill_fill(20 * ML, 1000))
+    p.ok(p.sup.refill_commit())
+    assert p.eng.bridge_pulses_left() > 0
+    p.ok(p.sup.refill_begin(p.res.remaining_nl()))
+    before = p.state()
+    bad = p.sup.refill_fill(20 * ML, 500)
+    assert bad is not None and bad.code == R.BRIDGE_ACTIVE
+    assert p.state() == before
+    assert p.events("refused")[-1][1][0] == "refill_fill"
 
 
 @pytest.mark.req("SR-42", "SR-14")
@@ -674,3 +712,12 @@ def test_low_and_empty_alarms_clear_after_refill():
     assert p.sup.acknowledge(A.RES_EMPTY) is None and p.sup.acknowledge(A.RES_LOW) is None
     assert p.alarm(A.RES_EMPTY) is None and p.alarm(A.RES_LOW) is None
     assert p.res.remaining_nl() == 20 * ML and not p.res.is_low()
+
+
+@pytest.mark.req("SR-15", "SR-18")
+@pytest.mark.parametrize("fill,want", [(0, [A.RES_EMPTY, A.RES_LOW]), (ML + ML // 2, [A.RES_LOW]),
+                                       (2 * ML, [A.RES_LOW]), (2 * ML + 1, [])])  # fmt: skip
+def test_a_reservoir_that_starts_low_or_empty_alarms_at_once(fill, want):
+    # No pulse ever crosses a threshold the estimate is already at, so the start must say it.
+    p = Pump(fill=fill)
+    assert [r[0] for r in p.alarms.active() if r[0] in (A.RES_EMPTY, A.RES_LOW)] == want

@@ -250,3 +250,54 @@ def test_stall_does_not_stop_the_programme():
         mech.times[i + 1] - mech.times[i] for i in range(len(mech.times) - 24, len(mech.times) - 1)
     ]
     assert max(gaps) <= HOUR + 90_000
+
+
+def _bridge_pump(old, new):
+    # A strength change by refill, so the dead volume still holds the old drug.
+    p = Pump(conc=old)
+    p.ok(p.sup.program(REF_RX.with_concentration(old), confirm=True))
+    p.run_to(HOUR)
+    p.ok(p.sup.refill_begin(p.res.remaining_nl()))
+    p.ok(p.sup.refill_fill(20_000_000, new))
+    p.ok(p.sup.refill_commit())
+    return p
+
+
+@pytest.mark.req("SR-13", "SR-35")
+@pytest.mark.parametrize("old,new", [(2000, 500), (500, 2000)])
+def test_a_jam_through_the_bridge_does_not_count_it_done(old, new):
+    # A bridge counted down by pulses that never moved would leave the old drug in the line
+    # while the engine (and the limiter) switched to the new strength: at 2000 -> 500 that is
+    # four times the prescribed dose. Only moved pulses may count toward the bridge.
+    p = _bridge_pump(old, new)
+    bridge = p.eng.bridge_pulses_left()
+    assert bridge > 0 and p.eng.conc == old
+    p.mech.jam()
+    p.run_to(p.eng.now_ms() + 3 * DAY)  # long enough for the whole bridge to be scheduled
+    assert p.sup.stalled()
+    assert p.eng.conc == old and p.eng.bridge_pulses_left() == bridge
+    assert p.limiter._bridge_left == p.eng.bridge_pulses_left()
+    p.mech.free()
+    moved0 = p.mech.done
+    # The bridge ends after exactly `bridge` moved pulses, and only then the strength changes.
+    while p.eng.conc == old:
+        p.step()
+    assert p.mech.done - moved0 == bridge
+    assert p.eng.next_conc() == new and p.limiter._bridge_left == 0
+    # The limiter now counts a pulse at the new strength, as the engine does.
+    assert p.limiter._whole == p.limiter._dose_of(new)[0]
+
+
+@pytest.mark.req("SR-40", "SR-35")
+def test_late_pulses_in_the_bridge_do_not_count_it_done():
+    p = _bridge_pump(2000, 500)
+    bridge = p.eng.bridge_pulses_left()
+    done0 = p.mech.done
+    # The shell oversleeps two hours: the pulses due then are skipped, not moved; only those
+    # due in the last late_ms may still go.
+    p.sup.advance(p.t + 2 * HOUR, p.mech, p.buzzer)
+    moved = p.mech.done - done0
+    assert p.sup.undelivered_pulses > 0
+    assert p.eng.bridge_pulses_left() == bridge - moved
+    assert p.limiter._bridge_left == bridge - moved
+    assert p.eng.conc == 2000

@@ -38,6 +38,10 @@ TABLE = {
     REFILL_DUE: ("refill_due", LOW),
 }
 
+_SLOTS = const(11)  # condition ids are 1..10: alarms live in a list indexed by id, so that
+# walking them allocates nothing (a dict's items() would, on every wake-up)
+_PRIO = tuple(TABLE[c][1] if c in TABLE else -1 for c in range(_SLOTS))
+
 # Tone patterns: alternating on/off durations in ms, starting and ending with a tone. They differ
 # in pulse count and tone length (5 short, 3 medium, 2 long) so they can be told apart by ear.
 # A new alarm waits at most for the gap after a pattern it or another new alarm cut, a high and
@@ -94,7 +98,8 @@ class Alarms:
         self.log = log or _nolog
         self.repeat_ms = dict(repeat_ms or REPEAT_MS)
         self.snooze_max_ms = dict(snooze_max_ms or SNOOZE_MAX_MS)
-        self._latched = {}  # cid -> [present, acked, raised_ms, snooze_end_ms, pending_ms]
+        self._slot = [None] * _SLOTS  # by cid: [present, acked, raised, snooze_end, pending]
+        self._count = 0  # latched alarms
         self._due = [NEVER, NEVER, NEVER, NEVER]  # per priority: when its pattern should start
         self._test = []  # priorities still to play for an alarm test
         self.playing = -1  # priority whose pattern is sounding, -1 when silent
@@ -122,12 +127,13 @@ class Alarms:
         self._clear(cid, now_ms)
 
     def _arise(self, cid, now_ms, detail=()):
-        a = self._latched.get(cid)
+        a = self._slot[cid]
         if a is not None and a[_PRESENT]:
             return False
         nm, p = TABLE[cid]
         if a is None:
-            self._latched[cid] = [True, False, now_ms, 0, now_ms]
+            self._slot[cid] = [True, False, now_ms, 0, now_ms]
+            self._count += 1
             self.log("alarm_raise", nm, PRIORITY_NAMES[p], *detail)
         else:
             # The condition came back before the alarm ended: it needs acknowledging again.
@@ -140,7 +146,7 @@ class Alarms:
         return True
 
     def _clear(self, cid, now_ms):
-        a = self._latched.get(cid)
+        a = self._slot[cid]
         if a is None or not a[_PRESENT]:
             return False
         a[_PRESENT] = False
@@ -151,7 +157,8 @@ class Alarms:
         return True
 
     def _end(self, cid):
-        del self._latched[cid]
+        self._slot[cid] = None
+        self._count -= 1
         self.log("alarm_end", TABLE[cid][0])
 
     # ---- user actions ----
@@ -159,7 +166,7 @@ class Alarms:
     def acknowledge(self, cid, now_ms):
         """The user has seen the alarm. Returns None, or a Refusal if it is not latched."""
         self._seen(now_ms)
-        a = self._latched.get(cid)
+        a = self._slot[cid]
         if a is None:
             return self._refused("acknowledge", R.NOT_ACTIVE, "alarm")
         if a[_ACKED]:
@@ -173,7 +180,7 @@ class Alarms:
     def snooze(self, cid, now_ms, duration_ms):
         """Silence one alarm for a limited time; it sounds again when that ends."""
         self._seen(now_ms)
-        a = self._latched.get(cid)
+        a = self._slot[cid]
         if a is None:
             return self._refused("snooze", R.NOT_ACTIVE, "alarm")
         p = TABLE[cid][1]
@@ -210,55 +217,60 @@ class Alarms:
         """Latched alarms, highest priority first, then oldest first:
         [(cid, name, priority, present, acknowledged, snoozed_until_ms)]."""
         out = []
-        for cid, a in self._latched.items():
-            out.append((cid, TABLE[cid][0], TABLE[cid][1], a[_PRESENT], a[_ACKED], a[_SNOOZE]))
-        out.sort(key=lambda r: (-r[2], self._latched[r[0]][_RAISED], r[0]))
+        for cid in range(1, _SLOTS):
+            a = self._slot[cid]
+            if a is not None:
+                out.append((cid, TABLE[cid][0], _PRIO[cid], a[_PRESENT], a[_ACKED], a[_SNOOZE]))
+        out.sort(key=lambda r: (-r[2], self._slot[r[0]][_RAISED], r[0]))
         return out
 
     def is_latched(self, cid):
-        return cid in self._latched
+        return self._slot[cid] is not None
 
     def highest(self):
         p = -1
-        for cid in self._latched:
-            if TABLE[cid][1] > p:
-                p = TABLE[cid][1]
+        for cid in range(1, _SLOTS):
+            if self._slot[cid] is not None and _PRIO[cid] > p:
+                p = _PRIO[cid]
         return p
 
     # ---- annunciation ----
 
     def _audible(self, p):
-        for cid, a in self._latched.items():
-            if TABLE[cid][1] == p and not a[_SNOOZE]:
+        for cid in range(1, _SLOTS):
+            a = self._slot[cid]
+            if a is not None and _PRIO[cid] == p and not a[_SNOOZE]:
                 return True
         return False
 
     def _pending(self, p):
         # An audible alarm of priority p whose pattern has not sounded since it was (re)raised.
-        for cid, a in self._latched.items():
-            if TABLE[cid][1] == p and not a[_SNOOZE] and a[_PENDING] >= 0:
+        for cid in range(1, _SLOTS):
+            a = self._slot[cid]
+            if a is not None and _PRIO[cid] == p and not a[_SNOOZE] and a[_PENDING] >= 0:
                 return True
         return False
 
     def _expire_snoozes(self, now_ms):
-        for cid, a in self._latched.items():
-            if a[_SNOOZE] and now_ms >= a[_SNOOZE]:
+        for cid in range(1, _SLOTS):
+            a = self._slot[cid]
+            if a is not None and a[_SNOOZE] and now_ms >= a[_SNOOZE]:
                 a[_SNOOZE] = 0
                 a[_PENDING] = now_ms
                 self.log("alarm_snooze_end", TABLE[cid][0])
 
     def _pick(self, now_ms):
-        """(priority, new) of the pattern to play next, (-1, False) if none. Alarms not yet
-        annunciated go first, highest priority first; then repeats that are due."""
+        """The pattern to play next: priority * 2, plus 1 if for an alarm not yet annunciated;
+        -1 if none. Those go first, highest priority first; then repeats that are due."""
         for p in (HIGH, MEDIUM, LOW):
             if self._pending(p):
-                return p, True
+                return p * 2 + 1
         for p in (HIGH, MEDIUM, LOW):
             if self._due[p] <= now_ms:
                 if self._audible(p):
-                    return p, False
+                    return p * 2
                 self._due[p] = NEVER
-        return -1, False
+        return -1
 
     def _start(self, p, now_ms, buzzer, testing):
         self.playing = p
@@ -269,8 +281,9 @@ class Alarms:
         if testing:
             return
         self._due[p] = now_ms + self.repeat_ms[p]
-        for a_cid, a in self._latched.items():
-            if TABLE[a_cid][1] == p and a[_PENDING] >= 0 and not a[_SNOOZE]:
+        for cid in range(1, _SLOTS):
+            a = self._slot[cid]
+            if a is not None and _PRIO[cid] == p and a[_PENDING] >= 0 and not a[_SNOOZE]:
                 lat = now_ms - a[_PENDING]
                 if lat > self.max_latency_ms:
                     self.max_latency_ms = lat
@@ -288,14 +301,14 @@ class Alarms:
 
     def tick(self, now_ms, buzzer):
         """Drive the buzzer up to now_ms. Returns when to call again (NEVER if not needed)."""
-        if self.playing < 0 and not self._latched and not self._test:
-            return NEVER  # the usual case, kept allocation-free
+        if self.playing < 0 and not self._count and not self._test:
+            return NEVER  # the usual case
         self._seen(now_ms)
         self._expire_snoozes(now_ms)
         while True:
             if self.playing >= 0:
-                p, new = self._pick(now_ms)
-                if new and (p >= self.playing or self._testing):
+                pk = self._pick(now_ms)
+                if pk >= 0 and pk & 1 and (pk >> 1 >= self.playing or self._testing):
                     self._stop(now_ms, buzzer)  # a new alarm sounds at once
                     continue
                 if not self._testing and not self._audible(self.playing):
@@ -315,9 +328,9 @@ class Alarms:
                 continue
             if now_ms < self._rest_until:
                 break
-            p, _new = self._pick(now_ms)
-            if p >= 0:
-                self._start(p, now_ms, buzzer, False)
+            pk = self._pick(now_ms)
+            if pk >= 0:
+                self._start(pk >> 1, now_ms, buzzer, False)
             elif self._test:
                 self._start(self._test.pop(0), now_ms, buzzer, True)
             else:
@@ -326,11 +339,15 @@ class Alarms:
 
     def next_wake_ms(self):
         """When tick() must run next; never earlier than the latest time it was given."""
-        if self.playing < 0 and not self._latched and not self._test:
-            return NEVER  # the usual case, kept allocation-free
+        if self.playing < 0 and not self._count and not self._test:
+            return NEVER  # the usual case
         t = NEVER
         if self.playing >= 0:
             t = self._seg_end
+            for p in (HIGH, MEDIUM, LOW):
+                if (p >= self.playing or self._testing) and self._pending(p):
+                    # Raised since the last tick (outside advance): it cuts this pattern now.
+                    return self._now
         else:
             for p in (HIGH, MEDIUM, LOW):
                 if self._due[p] < t and self._audible(p):
@@ -341,7 +358,8 @@ class Alarms:
                 t = 0
             if t < self._rest_until:
                 t = self._rest_until
-        for a in self._latched.values():
-            if a[_SNOOZE] and a[_SNOOZE] < t:
+        for cid in range(1, _SLOTS):
+            a = self._slot[cid]
+            if a is not None and a[_SNOOZE] and a[_SNOOZE] < t:
                 t = a[_SNOOZE]
         return t if t > self._now else self._now

@@ -201,11 +201,13 @@ class Monitor:
         self._count(EOS, mv < c.eos_mv, mv >= c.eos_mv + c.hyst_mv)
         if c.full_mv:
             self._full = self._full + 1 if mv >= c.full_mv else 0
-            if self._full == self.debounce:
-                # A rechargeable cell was charged: its budget starts again.
+            if self._full >= self.debounce:
+                # A rechargeable cell was charged (or is on its charger): its budget starts
+                # again, and keeps starting again for as long as it reads full.
+                if self._full == self.debounce:
+                    self.log("battery_charged", mv)
                 self.used_nc = 0
                 self._marks = [(now_ms, 0)]
-                self.log("battery_charged", mv)
         life = self.life_ms(now_ms)
         new = self.state
         n = self.debounce

@@ -100,6 +100,7 @@ class Engine:
         self.conc = conc_ug_per_ml
         self._next_conc = conc_ug_per_ml
         self._bridge_left = 0
+        self._bridged = 0  # the last pulse counted toward the bridge
         self.day = 0
         self._t = 0
         self.delivered = 0
@@ -151,12 +152,23 @@ class Engine:
             self._pulse_at = w + 1 if f else w
             if self._bridge_left:
                 self._bridge_left -= 1
+                self._bridged = 1
                 if not self._bridge_left:
                     self._bound_at = p
+            else:
+                self._bridged = 0
             return EV_PULSE
         self._t = self._bound_at
         self._boundary()
         return EV_BOUNDARY
+
+    def not_moved(self):
+        """The last pulse did not move the drug (failed or skipped): the old drug is still in
+        the line, so the bridge is one pulse longer. The dose schedule goes on as it was."""
+        if self._bridged:
+            self._bridged = 0
+            self._bridge_left += 1
+            # A switch of strength due at this instant is called off by the boundary it set.
 
     # ---- time ----
 
@@ -565,7 +577,12 @@ class Engine:
         refusal = self._change_concentration(rx, dead_volume_nl, conc_ug_per_ml)
         return self._logged("change_strength", refusal)
 
-    def _change_concentration(self, rx, dead_volume_nl, conc_ug_per_ml=0):
+    def strength_refusal(self, conc_ug_per_ml, dead_volume_nl):
+        """What change_strength would answer now, changing nothing (for the refill's checks)."""
+        rx = None if self.rx is None else self.rx.with_concentration(conc_ug_per_ml)
+        return self._change_concentration(rx, dead_volume_nl, conc_ug_per_ml, dry=True)
+
+    def _change_concentration(self, rx, dead_volume_nl, conc_ug_per_ml=0, dry=False):
         if self.fault:
             return Refusal(R.FAULTED, "mode")
         if self._next_conc != self.conc:
@@ -603,6 +620,8 @@ class Engine:
             room -= L.HARD_MIN_RATE_NL_PER_DAY
         if not RX.vol_rate_ok(base, min(new_c, self.conc), room):
             return Refusal(R.RATE_LIMIT, "conc_ug_per_ml")
+        if dry:
+            return None
         pulses = self.calib.pulses_for_nl(dead_volume_nl)
         self._begin()
         old = self.conc

@@ -39,7 +39,10 @@ class Limiter:
         self.blocked = 0
         self.pulses = 0
         self._bridge_left = 0
+        self._bridged = 0  # the last allowed pulse counted toward the bridge
         self._set_dose(conc_ug_per_ml)
+        self._old_whole = self._whole
+        self._old_remc = self._remc
         self._next_whole = self._whole
         self._next_remc = self._remc
 
@@ -73,6 +76,7 @@ class Limiter:
         _check_conc(new_conc)
         # Worked out now: the pulse path must not multiply big numbers when the bridge ends.
         self._next_whole, self._next_remc = self._dose_of(new_conc)
+        self._old_whole, self._old_remc = self._whole, self._remc
         self._bridge_left = bridge_pulses
         if bridge_pulses == 0:
             self._set_dose(new_conc)
@@ -140,10 +144,23 @@ class Limiter:
         self.pulses += 1
         if self._bridge_left:
             self._bridge_left -= 1
+            self._bridged = 1
             if not self._bridge_left:
                 self._whole = self._next_whole
                 self._remc = self._next_remc
+        else:
+            self._bridged = 0
         return True
+
+    def not_moved(self):
+        """The last allowed pulse did not move the drug. Its dose stays counted (erring high),
+        but the old drug is still in the line: the bridge at the old strength is one longer."""
+        if self._bridged:
+            self._bridged = 0
+            if not self._bridge_left:
+                self._whole = self._old_whole
+                self._remc = self._old_remc
+            self._bridge_left += 1
 
     def margin_ng(self, peak_rate_ng_per_day):
         """Dose a correct programme must leave free below the limit (see the class docstring).

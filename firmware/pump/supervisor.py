@@ -88,6 +88,12 @@ class Supervisor:
         self.low_at_ms = None  # worst-case forecast, absolute engine ms; None: not in sight
         self.empty_at_ms = None
         self._refill_due_at = None
+        now = engine.now_ms()
+        # A reservoir that starts low or empty never crosses its threshold: say so now.
+        if reservoir.is_empty():
+            alarms.condition(A.RES_EMPTY, True, now)
+        if reservoir.is_low():
+            alarms.condition(A.RES_LOW, True, now)
         self.forecast()
 
     # ---- time ----
@@ -180,11 +186,11 @@ class Supervisor:
         if lag > self.settings.late_ms:
             # Delivering every overdue pulse at once would be a bolus nobody ordered.
             self._late += 1
-            self.undelivered_pulses += 1
+            self._not_moved()
             return 0
         if self._stalled and self._before_retry():
             self._stall_lost += 1
-            self.undelivered_pulses += 1
+            self._not_moved()
             return 0
         self.battery.on_pulse()
         eng = self.engine
@@ -200,8 +206,16 @@ class Supervisor:
             else:
                 self._stall_lost = 0
             return 1
+        self._not_moved()
         self._failed(eng.now_ms())
         return 0
+
+    def _not_moved(self):
+        # Nothing went down the line: a bridge bolus must not be counted as done by a pulse
+        # that never pushed the old drug out (the engine and the limiter both keep track).
+        self.undelivered_pulses += 1
+        self.engine.not_moved()
+        self.engine.limiter.not_moved()
 
     def _before_retry(self):
         return self.engine.now_ms() < self._retry_at
@@ -210,14 +224,13 @@ class Supervisor:
         s = self.settings
         self._fails += 1
         self.failed_pulses += 1
-        self.undelivered_pulses += 1
         self._stall_lost += 1
         self.log("pulse_failed", self._fails, self.reservoir.pulse_volume_nl_ceil())
         if self._stalled:
             b = self._backoff * 2
             self._backoff = b if b < s.backoff_max_ms else s.backoff_max_ms
             self._retry_at = due + self._backoff
-            self.log("stall_retry_failed", self._backoff)
+            self.log("stall_retry_failed", self._backoff, self._stall_lost)
         elif self._fails >= s.stall_count:
             self._stalled = True
             self._backoff = s.backoff_min_ms
@@ -422,6 +435,11 @@ class Supervisor:
             return self._refused("refill_fill", code, bad.field)
         if not RX.conc_allowed(conc_ug_per_ml):
             return self._refused("refill_fill", R.NOT_ALLOWED, "conc_ug_per_ml")
+        if conc_ug_per_ml != self.engine.next_conc():
+            # Checked now, before the drug goes in, so that the commit cannot refuse it.
+            bad = self.engine.strength_refusal(conc_ug_per_ml, self.settings.dead_volume_nl)
+            if bad:
+                return self._refused("refill_fill", bad.code, bad.field)
         self._refill.fill_nl = fill_nl
         self._refill.conc = conc_ug_per_ml
         self._refill.pulses_at_fill = self.reservoir.pulses
@@ -439,7 +457,9 @@ class Supervisor:
         if f.conc != old_conc:
             bad = eng.change_strength(f.conc, self.settings.dead_volume_nl)
             if bad:
-                return bad  # the engine logged it; the refill stays open to retry or abandon
+                # Something changed since the fill step (a prime, a fault): the refill stays
+                # open, to retry or abandon.
+                return self._refused("refill_commit", bad.code, bad.field)
             bridge = eng.bridge_pulses_left()
         now = self.now_ms()
         disc = f.discrepancy()
@@ -465,7 +485,11 @@ class Supervisor:
     def _abandon(self, why):
         f = self._refill
         self._refill = None
-        self.log("refill_abandoned", why, f.withdrawn_nl, f.expected_nl)
+        self.log("refill_abandoned", why, f.withdrawn_nl, f.expected_nl, f.fill_nl, f.conc)
+        if f.fill_nl >= 0 or f.discrepancy():
+            # Delivery and accounting stay as they were, but drug may have been taken out or
+            # put in (or a discrepancy was shown): the accounting is in doubt, so say so.
+            self.alarms.event(A.DISCREPANCY, self.now_ms(), f.withdrawn_nl, f.expected_nl)
 
     def refill_status(self):
         """(withdrawn, expected, tolerance, discrepancy, fill, conc) of the open refill, or

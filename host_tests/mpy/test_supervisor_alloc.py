@@ -33,8 +33,11 @@ def load():
 
 
 class Buzzer:
+    def __init__(self):
+        self.sets = 0
+
     def set(self, on):
-        pass
+        self.sets += 1
 
 
 class Rig:
@@ -151,7 +154,6 @@ def locate(rig):
     t = sup.next_wake_ms()
     day = t // 86_400_000
     tod = t % 86_400_000
-    probe("divmod(t, DAY_MS) in advance()", lambda: divmod(t, 86_400_000))
     probe("Supervisor._deliver()", lambda: sup._deliver(day, tod, rig.mech))
     probe("Engine.run_until()", lambda: rig.eng.run_until(t))
     probe("Supervisor._timers()", lambda: sup._timers(t))
@@ -191,6 +193,23 @@ def run_suite(kind):
     if pulses < MEASURED_WAKES // 2 or rig.alarms.active() or rig.mech.done != rig.res.pulses:
         failures.append("%s: not a healthy steady state (%d pulses, alarms %s)" % (
             kind, pulses, rig.alarms.active()))  # fmt: skip
+    # An alarm can stay latched for months (ERI, acknowledged, its condition present) and sound
+    # every minute: the wake-ups that play its pattern must not allocate either.
+    A = mods[0]
+    rig.alarms.condition(A.BATT_ERI, True, rig.t)
+    rig.alarms.acknowledge(A.BATT_ERI, rig.t)
+    sets0 = rig.buzzer.sets
+    used = measured_run(rig, MEASURED_WAKES)
+    out = {"next_wake_ms": 0, "advance": 0}
+    locked_run(rig, LOCKED_WAKES, out)
+    print("%s with an alarm latched: %d bytes, MemoryError in next_wake_ms %d, advance %d, "
+          "buzzer changes %d" % (kind, used, out["next_wake_ms"], out["advance"],
+                                 rig.buzzer.sets - sets0))  # fmt: skip
+    if used or out["next_wake_ms"] or out["advance"]:
+        failures.append("%s: wake-ups with an alarm latched allocate (%d bytes); parts that "
+                        "allocate: %s" % (kind, used, ", ".join(locate(rig))))  # fmt: skip
+    if rig.buzzer.sets - sets0 < 2 * len(A.PATTERNS[A.MEDIUM]):
+        failures.append("%s: the latched alarm did not sound" % kind)
     src = E.__file__
     return failures, src[: src.rfind("/")]
 
