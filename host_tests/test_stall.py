@@ -301,3 +301,16 @@ def test_late_pulses_in_the_bridge_do_not_count_it_done():
     assert p.eng.bridge_pulses_left() == bridge - moved
     assert p.limiter._bridge_left == bridge - moved
     assert p.eng.conc == 2000
+
+
+@pytest.mark.parametrize(
+    "kw",
+    [{"stall_count": 0}, {"backoff_min_ms": 0}, {"backoff_min_ms": 10, "backoff_max_ms": 9},
+     {"late_ms": -1}, {"tol_pct": 101}, {"dead_volume_nl": -1}, {"refill_timeout_ms": 0}],
+)  # fmt: skip
+def test_settings_out_of_range_are_refused_at_construction(kw):
+    from boards.sim import board
+    from pump import supervisor as S
+
+    with pytest.raises(ValueError):
+        S.Settings(kw.pop("dead_volume_nl", board.PUMP_DEAD_VOLUME_NL), **kw)

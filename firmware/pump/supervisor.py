@@ -37,6 +37,25 @@ class Settings:
         self.refill_notice_ms = refill_notice_ms
         self.refill_timeout_ms = refill_timeout_ms  # an open refill is abandoned after this
         self.settle_ms = settle_ms  # motor-idle time around a battery sample
+        bad = self.problem()
+        if bad:
+            raise ValueError("supervisor settings: " + bad)
+
+    def problem(self):
+        """The first setting out of its sensible range, as a phrase, or None."""
+        if not 0 <= self.dead_volume_nl <= L.HARD_MAX_PRIME_NL:
+            return "dead volume outside 0 .. the priming limit"
+        if self.low_nl < 0 or self.tol_min_nl < 0 or not 0 <= self.tol_pct <= 100:
+            return "negative volume or a percentage outside 0..100"
+        if self.stall_count < 1:
+            return "a stall needs at least one failed pulse"
+        if not 1 <= self.backoff_min_ms <= self.backoff_max_ms:
+            return "back-off must be at least 1 ms and the minimum not above the maximum"
+        if self.late_ms < 0 or self.refill_notice_ms < 0 or self.settle_ms < 0:
+            return "negative time"
+        if self.refill_timeout_ms < 1:
+            return "refill timeout must be positive"
+        return None
 
 
 class _Refill:
