@@ -97,16 +97,7 @@ def snooze(al, cid, duration):
 
 def tones_from(changes, since=0, until=NEVER):
     """[(start, length)] of tones that start in [since, until)."""
-    out = []
-    start = None
-    for t, on in changes:
-        if on:
-            start = t
-        elif start is not None:
-            if since <= start < until:
-                out.append((start, t - start))
-            start = None
-    return out
+    return hw.tones(changes, since, until)
 
 
 def expected_changes(p, start):

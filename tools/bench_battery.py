@@ -217,14 +217,7 @@ def decode_patterns(changes):
     set length; a pattern ends when it is complete or when a tone or pause differs (cut short,
     followed by a new pattern). A first tone cut short leaves the priority open among those
     whose first tone is longer."""
-    tones = []
-    start = None
-    for t, on in changes:
-        if on:
-            start = t
-        elif start is not None:
-            tones.append((start, t - start))
-            start = None
+    tones = hw.tones(changes)
     prios = (A.HIGH, A.MEDIUM, A.LOW)
     starts = []
     i = 0

@@ -50,17 +50,24 @@ class RecordingBuzzer:
             self.on = on
             self.changes.append((self.clock(), on))
 
-    def tones(self):
-        """[(start_ms, length_ms)] of every finished tone."""
-        out = []
-        start = None
-        for t, on in self.changes:
-            if on:
-                start = t
-            elif start is not None:
+    def tones(self, since=0, until=None):
+        """[(start_ms, length_ms)] of every finished tone starting in [since, until)."""
+        return tones(self.changes, since, until)
+
+
+def tones(changes, since=0, until=None):
+    """[(start_ms, length_ms)] of the finished tones in (ms, on) changes that start in
+    [since, until) (until None: no end)."""
+    out = []
+    start = None
+    for t, on in changes:
+        if on:
+            start = t
+        elif start is not None:
+            if since <= start and (until is None or start < until):
                 out.append((start, t - start))
-                start = None
-        return out
+            start = None
+    return out
 
 
 class Lcg:

@@ -63,15 +63,7 @@ class Shell:
 def patterns_played(changes, since, until):
     """[(priority, start)] of whole patterns whose first tone starts in [since, until), decoded
     by tone length and checked tone by tone, silence by silence and gap by gap."""
-    tones = []
-    start = None
-    for t, on in changes:
-        if on:
-            start = t
-        elif start is not None:
-            if since <= start < until:
-                tones.append((start, t - start))
-            start = None
+    tones = hw.tones(changes, since, until)
     by_on = {}
     for p in (HIGH, MEDIUM, LOW):
         by_on[A.PATTERNS[p][0]] = p
