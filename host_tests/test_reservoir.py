@@ -46,7 +46,7 @@ class Pump:
         self.res = RS.Reservoir(CALIB, capacity, low, fill)
         self.bat = B.Monitor(board.CELL, board.ENERGY, board.ADC_CAL, log=self._log)
         self.alarms = A.Alarms(log=self._log)
-        st_ = S.Settings(board.PUMP_DEAD_VOLUME_NL, low_nl=low, **settings)
+        st_ = S.Settings(board.PUMP_DEAD_VOLUME_NL, **settings)
         self.sup = S.Supervisor(self.eng, self.res, self.bat, self.alarms, st_, log=self._log)
         self.mech = hw.Mechanism()
         self.buzzer = hw.RecordingBuzzer(lambda: self.t)

@@ -573,14 +573,16 @@ class Engine:
     def change_strength(self, conc_ug_per_ml, dead_volume_nl):
         """As change_concentration, for the refill: the stored programme (if any) keeps its
         doses at the new strength, so its volume rates are recomputed."""
-        rx = None if self.rx is None else self.rx.with_concentration(conc_ug_per_ml)
-        refusal = self._change_concentration(rx, dead_volume_nl, conc_ug_per_ml)
+        refusal = self._change_strength(conc_ug_per_ml, dead_volume_nl, False)
         return self._logged("change_strength", refusal)
 
     def strength_refusal(self, conc_ug_per_ml, dead_volume_nl):
         """What change_strength would answer now, changing nothing (for the refill's checks)."""
+        return self._change_strength(conc_ug_per_ml, dead_volume_nl, True)
+
+    def _change_strength(self, conc_ug_per_ml, dead_volume_nl, dry):
         rx = None if self.rx is None else self.rx.with_concentration(conc_ug_per_ml)
-        return self._change_concentration(rx, dead_volume_nl, conc_ug_per_ml, dry=True)
+        return self._change_concentration(rx, dead_volume_nl, conc_ug_per_ml, dry)
 
     def _change_concentration(self, rx, dead_volume_nl, conc_ug_per_ml=0, dry=False):
         if self.fault:

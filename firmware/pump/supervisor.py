@@ -18,16 +18,15 @@ def _nolog(*_args):
 class Settings:
     """Clinician- and board-set parameters of the supervisor. All volumes in nL, times in ms."""
 
-    __slots__ = ("low_nl", "tol_min_nl", "tol_pct", "stall_count", "backoff_min_ms",
+    __slots__ = ("tol_min_nl", "tol_pct", "stall_count", "backoff_min_ms",
                  "backoff_max_ms", "late_ms", "refill_notice_ms", "dead_volume_nl",
                  "refill_timeout_ms", "settle_ms")  # fmt: skip
 
-    def __init__(self, dead_volume_nl, low_nl=2_000_000, tol_min_nl=1_000_000, tol_pct=20,
+    def __init__(self, dead_volume_nl, tol_min_nl=1_000_000, tol_pct=20,
                  stall_count=2, backoff_min_ms=60_000, backoff_max_ms=3_600_000, late_ms=10_000,
                  refill_notice_ms=7 * L.DAY_MS, refill_timeout_ms=3_600_000,
                  settle_ms=2_000):  # fmt: skip
         self.dead_volume_nl = dead_volume_nl  # pump tubing + catheter: the bridge bolus volume
-        self.low_nl = low_nl
         self.tol_min_nl = tol_min_nl  # refill discrepancy tolerance: at least this,
         self.tol_pct = tol_pct  # or this share of the volume delivered since the last refill
         self.stall_count = stall_count  # consecutive failed pulses that make a stall
@@ -45,7 +44,7 @@ class Settings:
         """The first setting out of its sensible range, as a phrase, or None."""
         if not 0 <= self.dead_volume_nl <= L.HARD_MAX_PRIME_NL:
             return "dead volume outside 0 .. the priming limit"
-        if self.low_nl < 0 or self.tol_min_nl < 0 or not 0 <= self.tol_pct <= 100:
+        if self.tol_min_nl < 0 or not 0 <= self.tol_pct <= 100:
             return "negative volume or a percentage outside 0..100"
         if self.stall_count < 1:
             return "a stall needs at least one failed pulse"
@@ -403,7 +402,6 @@ class Supervisor:
             return self._refused("set_low_threshold", bad.code, bad.field)
         self.log("low_threshold", self.reservoir.low_nl, low_nl)
         self.reservoir.set_low(low_nl)
-        self.settings.low_nl = low_nl
         self.alarms.condition(A.RES_LOW, self.reservoir.is_low(), self.now_ms())
         self.forecast()
         return None

@@ -64,11 +64,15 @@ class Rig:
         if self.sup.battery_due(self.t):
             self.sup.battery_sample(self.t, HEALTHY_UV * 16, 16)
 
+    def wake(self):
+        """One whole wake-up, unmeasured: advance, then the battery sample if due."""
+        self.t = self.sup.next_wake_ms()
+        self.sup.advance(self.t, self.mech, self.buzzer)
+        self.sample_if_due()
+
     def warm_up(self):
         while self.t < WARMUP_MS:
-            self.t = self.sup.next_wake_ms()
-            self.sup.advance(self.t, self.mech, self.buzzer)
-            self.sample_if_due()
+            self.wake()
         assert not self.alarms.active(), self.alarms.active()
 
     def boundary_next(self):
@@ -84,9 +88,7 @@ def locked_run(rig, n, out):
     wakes = 0
     while wakes < n:
         if rig.boundary_next():
-            rig.t = sup.next_wake_ms()
-            sup.advance(rig.t, rig.mech, rig.buzzer)
-            rig.sample_if_due()
+            rig.wake()
             continue
         micropython.heap_lock()
         try:
@@ -123,9 +125,7 @@ def measured_run(rig, n):
         wakes = 0
         while wakes < n:
             if rig.boundary_next():
-                rig.t = sup.next_wake_ms()
-                sup.advance(rig.t, rig.mech, rig.buzzer)
-                rig.sample_if_due()
+                rig.wake()
                 continue
             before = gc.mem_alloc()
             rig.t = sup.next_wake_ms()
