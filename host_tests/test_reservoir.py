@@ -648,7 +648,8 @@ def test_abandoned_refill_changes_nothing_and_therapy_goes_on():
         assert ab[1][0] == how and ab[1][3:] == (20 * ML, 1000)
         extra = [e for e in p.log if e not in twin.log]
         assert [e[1] for e in extra] == [
-            "refill_abandoned", "alarm_raise", "alarm_condition_cleared"
+            "refill_begin", "refill_fill", "refill_abandoned", "alarm_raise",
+            "alarm_condition_cleared"
         ]  # fmt: skip
 
 
@@ -664,7 +665,7 @@ def test_refill_abandoned_after_a_matching_withdrawal_changes_nothing_at_all():
     twin.run_to(t0 + HOUR)
     assert p.state() == twin.state()
     extra = [e for e in p.log if e not in twin.log]
-    assert [e[1] for e in extra] == ["refill_abandoned"]
+    assert [e[1] for e in extra] == ["refill_begin", "refill_abandoned"]
 
 
 @pytest.mark.req("SR-42")

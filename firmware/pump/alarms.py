@@ -211,6 +211,30 @@ class Alarms:
         self.log("refused", request, code, field)
         return Refusal(code, field)
 
+    # ---- state that survives a restart ----
+
+    def snapshot(self):
+        """Latched alarms: [cid, present, acknowledged, raised_ms, snoozed_until_ms]."""
+        out = []
+        for cid in range(1, _SLOTS):
+            a = self._slot[cid]
+            if a is not None:
+                out.append([cid, 1 if a[_PRESENT] else 0, 1 if a[_ACKED] else 0, a[_RAISED],
+                            a[_SNOOZE]])  # fmt: skip
+        return out
+
+    def restore(self, s, now_ms):
+        """Latch the stored alarms again. Each sounds anew at once (a restart is a new chance
+        that nobody heard it), except those snoozed."""
+        self._seen(now_ms)
+        for cid, present, acked, raised, snooze in s:
+            if not 0 < cid < _SLOTS or cid not in TABLE:
+                raise ValueError("stored alarm %r is unknown" % (cid,))
+            if self._slot[cid] is None:
+                self._count += 1
+            self._slot[cid] = [bool(present), bool(acked), raised, snooze,
+                               -1 if snooze else now_ms]  # fmt: skip
+
     # ---- views ----
 
     def active(self):

@@ -174,6 +174,30 @@ class Monitor:
             return None
         return left * 1000 // avg
 
+    def snapshot(self):
+        return [self.cell.name, self.state, self.pulses, self.radio_ms, self.used_nc, self.mv,
+                self._folded_ms, self._last_sample_ms, list(self._below), list(self._above),
+                self._full, [list(m) for m in self._marks]]  # fmt: skip
+
+    def restore(self, s):
+        (name, state, pulses, radio_ms, used, mv, folded, last, below, above, full,
+         marks) = s  # fmt: skip
+        if name != self.cell.name:
+            raise ValueError("stored battery state is for another cell")
+        if state not in (OK, ERI, EOS) or not marks or used < 0:
+            raise ValueError("stored battery state out of range")
+        self.state = state
+        self.pulses = pulses
+        self.radio_ms = radio_ms
+        self.used_nc = used
+        self.mv = mv
+        self._folded_ms = folded
+        self._last_sample_ms = last
+        self._below = list(below)
+        self._above = list(above)
+        self._full = full
+        self._marks = [tuple(m) for m in marks]
+
     # ---- sampling ----
 
     def due(self, now_ms):

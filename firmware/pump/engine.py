@@ -118,6 +118,11 @@ class Engine:
         self._patient_starts = []  # absolute ms of granted patient boluses, newest last
         self._regimes = []  # (ended at ms, daily ng) of programmes of the last 24 h
         self._primes = []  # (started at ms, dose ng) of priming boluses of the last 24 h
+        # Time of day: the schedule runs on (engine time + _off) mod 24 h, so setting the clock
+        # moves the schedule and never the engine's own time, which the limiter counts in.
+        self._off = 0
+        self.clock_set = True  # False after the clock was lost, until it is set again
+        self._hold = -1  # ng/day held while the clock is unset (-1: the schedule runs)
         self.wakeups = 0
         self.boundaries = 0
 
@@ -128,6 +133,9 @@ class Engine:
         p = self._pulse_at
         b = self._bound_at
         return (p if p <= b else b) - self._t
+
+    def next_is_pulse(self):
+        return self._pulse_at <= self._bound_at
 
     def fire(self):
         """Process the next due event; returns EV_PULSE, EV_BOUNDARY or EV_BLOCKED."""
@@ -175,6 +183,15 @@ class Engine:
     def now_ms(self):
         return self.day * L.DAY_MS + self._t
 
+    def _sched_t(self):
+        # Milliseconds since the schedule's midnight.
+        t = self._t + self._off
+        return t - L.DAY_MS if t >= L.DAY_MS else t
+
+    def _at(self, start_min):
+        # Engine time of day at which the schedule reaches start_min.
+        return (start_min * L.MIN_MS - self._off) % L.DAY_MS
+
     def next_due_ms(self):
         p = self._pulse_at
         b = self._bound_at
@@ -206,7 +223,10 @@ class Engine:
         if self.fault:
             return 0
         if self.mode == MODE_PROGRAM:
-            rate = self.rx.step_rate_at(self._t // L.MIN_MS) // L.RATE_RES_NG_PER_DAY
+            r = self._hold
+            if r < 0:
+                r = self.rx.step_rate_at(self._sched_t() // L.MIN_MS)
+            rate = r // L.RATE_RES_NG_PER_DAY
         elif self.mode == MODE_MINIMUM:
             rate = L.HARD_MIN_RATE_NL_PER_DAY * self.conc // 10000
         else:
@@ -229,13 +249,15 @@ class Engine:
         else:
             self._pulse_at = NEVER
         bound = L.DAY_MS
-        if self.mode == MODE_PROGRAM and not self.fault:
+        if self._scheduled():
             for start, _r in self.rx.steps:
-                if t < start * L.MIN_MS < bound:
-                    bound = start * L.MIN_MS
+                e = self._at(start)
+                if t < e < bound:
+                    bound = e
             for p in self.rx.periodic:
-                if t < p[0] * L.MIN_MS < bound:
-                    bound = p[0] * L.MIN_MS
+                e = self._at(p[0])
+                if t < e < bound:
+                    bound = e
         for s in self._streams:
             if s[_END] < bound:
                 bound = s[_END]
@@ -264,11 +286,13 @@ class Engine:
         if self._bridge_left == 0 and self._next_conc != self.conc:
             self.log("bridge_end", self.conc, self._next_conc)
             self.conc = self._next_conc
-        if self.mode == MODE_PROGRAM and not self.fault:
-            for start, dose, dur_s in self.rx.periodic:
-                if start * L.MIN_MS == t:
-                    self._add_stream(K_PERIODIC, dose * _RUMS_PER_NG, dose, dur_s * 1000)
+        if self._scheduled():
+            self._start_due_periodic()
         self._resegment()
+
+    def _scheduled(self):
+        # The time-of-day schedule is running (not held while the clock is unset).
+        return self.mode == MODE_PROGRAM and not self.fault and self._hold < 0
 
     def _add_stream(self, kind, total_rums, dose_ng, duration_ms=0, rate_ru=0):
         if not rate_ru:
@@ -308,7 +332,8 @@ class Engine:
         self._y = self._needed()
 
     def _projection_ok(self, rx, mode_rate_ng, extra_ng, peak_ng, limit_ng=0):
-        fut = project(rx, mode_rate_ng, self._t // L.MIN_MS, extra_ng + self._stream_left_ng())
+        tod_min = self._sched_t() // L.MIN_MS
+        fut = project(rx, mode_rate_ng, tod_min, extra_ng + self._stream_left_ng())
         margin = self.limiter.margin_ng(peak_ng)
         return self.limiter.window_ok(self.day, self._t, fut, margin, limit_ng)
 
@@ -335,9 +360,15 @@ class Engine:
         """Make rx the running programme (clinician). Returns None, or a Refusal."""
         return self._logged("program", self._program(rx, confirm))
 
-    def _program(self, rx, confirm=False):
+    def program_refusal(self, rx, confirm=False):
+        """What program() would answer now, changing nothing (to stage a programme)."""
+        return self._program(rx, confirm, True)
+
+    def _program(self, rx, confirm=False, dry=False):
         if self.fault:
             return Refusal(R.FAULTED, "mode")
+        if not self.clock_set:
+            return Refusal(R.CLOCK_UNSET, "clock")
         # Plain validation first: the checks after it compute with the programme's fields.
         bad = RX.validate(rx, self.lim)
         if bad:
@@ -357,6 +388,8 @@ class Engine:
             return Refusal(R.NEEDS_CONFIRM, "steps")
         if not self._projection_ok(rx, 0, 0, peak + others):
             return Refusal(R.DAILY_LIMIT, "steps")
+        if dry:
+            return None
         self._begin()
         self._cancel_streams((K_PERIODIC,))
         self._end_regime()
@@ -402,7 +435,7 @@ class Engine:
     def _start_due_periodic(self):
         # A programme started exactly at a periodic bolus time starts that bolus now.
         for start, dose, dur_s in self.rx.periodic:
-            if start * L.MIN_MS == self._t:
+            if self._at(start) == self._t:
                 self._add_stream(K_PERIODIC, dose * _RUMS_PER_NG, dose, dur_s * 1000)
 
     def set_limits(self, lim):
@@ -410,6 +443,8 @@ class Engine:
         return self._logged("set_limits", self._set_limits(lim))
 
     def _set_limits(self, lim):
+        if not self.clock_set:
+            return Refusal(R.CLOCK_UNSET, "clock")
         bad = RX.validate_limits(lim)
         if bad:
             return bad
@@ -466,6 +501,8 @@ class Engine:
     def _bolus_checks(self, dose_ng, duration_s, kind, field):
         if self.fault:
             return Refusal(R.FAULTED, "mode")
+        if not self.clock_set:
+            return Refusal(R.CLOCK_UNSET, "clock")
         for s in self._streams:
             if s[_KIND] == kind or s[_KIND] == K_PRIME:
                 return Refusal(R.BOLUS_ACTIVE, field)
@@ -540,6 +577,8 @@ class Engine:
     def _prime(self, volume_nl):
         if self.fault:
             return Refusal(R.FAULTED, "mode")
+        if not self.clock_set:
+            return Refusal(R.CLOCK_UNSET, "clock")
         if self.mode != MODE_STOPPED or self._streams:
             return Refusal(R.BAD_MODE, "mode")
         if self._next_conc != self.conc:
@@ -638,6 +677,95 @@ class Engine:
         self._resegment()
         return None
 
+    # ---- the clock ----
+
+    def set_time_of_day(self, tod_ms):
+        """Set the schedule's clock (clinician). Engine time, and so the limiter's window, runs
+        on; the schedule jumps to tod_ms. Refused if the jump would take the next 24 h over
+        the dose limit (a repeated morning bolus, say). Ends a hold."""
+        return self._logged("set_clock", self._set_tod(tod_ms))
+
+    def _set_tod(self, tod_ms):
+        bad = RX.check_range(tod_ms, 0, L.DAY_MS - 1, "tod_ms")
+        if bad:
+            return bad
+        old = self._off
+        off = (tod_ms - self._t) % L.DAY_MS
+        if self.mode == MODE_PROGRAM and not self.fault:
+            self._off = off
+            ok = self._projection_ok(self.rx, 0, 0, RX.peak_rate_ng_per_day(self.rx) +
+                                     self._streams_rate_ng())  # fmt: skip
+            self._off = old
+            if not ok:
+                return Refusal(R.DAILY_LIMIT, "tod_ms")
+        self._begin()
+        self._off = off
+        self.clock_set = True
+        self._hold = -1
+        self.log("clock", (self._t + old) % L.DAY_MS, tod_ms)
+        if self._scheduled():
+            self._start_due_periodic()
+        self._resegment()
+        return None
+
+    def clock_lost(self):
+        """The clock is not trusted (lost at a power cut). The programme's rate at the last
+        known time of day is held, with no steps or periodic boluses, until it is set."""
+        self._begin()
+        self.clock_set = False
+        self._hold = -1
+        if self.mode == MODE_PROGRAM:
+            self._hold = self.rx.step_rate_at(self._sched_t() // L.MIN_MS)
+        self.log("clock_lost", self._hold)
+        self._resegment()
+
+    # ---- state that survives a restart (docs/storage.md) ----
+
+    def snapshot(self):
+        """Everything needed to go on exactly from now, as a list of plain values."""
+        rx = self.rx
+        return [self.mode, None if rx is None else rx.key(), self.conc, self._next_conc,
+                self._bridge_left, self._bridged, self.day, self._t, self.delivered,
+                1 if self.fault else 0, self._needed(), [list(s) for s in self._streams],
+                list(self._patient_starts), [list(r) for r in self._regimes],
+                [list(p) for p in self._primes], self._off, 1 if self.clock_set else 0,
+                self._hold, self.lim.as_tuple()]  # fmt: skip
+
+    def restore(self, s):
+        """Go on from a state() list (the limiter is restored separately)."""
+        (mode, rx, conc, nxt, bridge_left, bridged, day, t, delivered, fault, y, streams,
+         starts, regimes, primes, off, clock_set, hold, lim) = s  # fmt: skip
+        if lim != list(self.lim.as_tuple()):
+            raise ValueError("stored limits differ from the limits given")
+        if mode not in (MODE_STOPPED, MODE_PROGRAM, MODE_MINIMUM) or (mode == MODE_PROGRAM
+                                                                      and rx is None):
+            raise ValueError("stored mode is not valid")  # fmt: skip
+        if not (RX.conc_allowed(conc) and RX.conc_allowed(nxt) and 0 <= t < L.DAY_MS
+                and 0 <= off < L.DAY_MS and 0 < y <= self.scale.pulse_cr):
+            raise ValueError("stored engine state out of range")  # fmt: skip
+        self.mode = mode
+        self.rx = None if rx is None else RX.Prescription(*rx)
+        if self.rx is not None and (self.rx.conc_ug_per_ml != nxt or RX.validate(self.rx,
+                                                                               self.lim)):
+            raise ValueError("stored programme is not valid")  # fmt: skip
+        self.conc = conc
+        self._next_conc = nxt
+        self._bridge_left = bridge_left
+        self._bridged = bridged
+        self.day = day
+        self._t = t
+        self.delivered = delivered
+        self.fault = bool(fault)
+        self._y = y
+        self._streams = [list(x) for x in streams]
+        self._patient_starts = list(starts)
+        self._regimes = [tuple(r) for r in regimes]
+        self._primes = [tuple(p) for p in primes]
+        self._off = off
+        self.clock_set = bool(clock_set)
+        self._hold = hold
+        self._resegment()
+
     # ---- read-only views ----
 
     def rate_ru(self):
@@ -650,7 +778,16 @@ class Engine:
         return self._bridge_left
 
     def tod_ms(self):
+        """Milliseconds into the engine's current day frame (not the clock's time of day)."""
         return self._t
+
+    def schedule_tod_ms(self):
+        """Time of day on the schedule's clock."""
+        return self._sched_t()
+
+    def held_rate_ng(self):
+        """The dose rate held while the clock is unset, or -1 when the schedule runs."""
+        return self._hold if self.mode == MODE_PROGRAM else -1
 
     def next_conc(self):
         """The strength delivered once any bridge bolus is done."""

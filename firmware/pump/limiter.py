@@ -162,6 +162,56 @@ class Limiter:
                 self._remc = self._old_remc
             self._bridge_left += 1
 
+    # ---- state that survives a restart ----
+
+    def snapshot(self):
+        """The window and the dose bookkeeping as plain values. Buckets are listed oldest
+        first, so the ring position need not be stored."""
+        b = self._buckets
+        ring = [b[(self._pos + 1 + k) % _BUCKETS] for k in range(_BUCKETS)]
+        return [self._cur, self.window_ng, self._acc, self._last_day, self._last_t, self.blocked,
+                self.pulses, self._bridge_left, self._bridged, self._whole, self._remc,
+                self._old_whole, self._old_remc, self._next_whole, self._next_remc, ring,
+                self.max_24h_ng, self.max_rate_nl_per_day]  # fmt: skip
+
+    def restore(self, s):
+        (cur, window, acc, last_day, last_t, blocked, pulses, bridge_left, bridged, whole, remc,
+         old_whole, old_remc, next_whole, next_remc, ring, max_24h, max_rate) = s  # fmt: skip
+        if max_24h != self.max_24h_ng or max_rate != self.max_rate_nl_per_day:
+            raise ValueError("stored limiter limits differ from the limits given")
+        if len(ring) != _BUCKETS or sum(ring) != window or min(ring) < 0:
+            raise ValueError("stored dose window is inconsistent")
+        for w, r in ((whole, remc), (old_whole, old_remc), (next_whole, next_remc)):
+            if (w, r) not in [self._dose_of(c) for c in L.CONCENTRATIONS_UG_PER_ML]:
+                raise ValueError("stored pulse dose matches no strength")
+        b = self._buckets
+        for k in range(_BUCKETS):
+            b[k] = ring[k]
+        self._pos = _BUCKETS - 1
+        self._cur = cur
+        self.window_ng = window
+        self._acc = acc
+        self._last_day = last_day
+        self._last_t = last_t
+        self.blocked = blocked
+        self.pulses = pulses
+        self._bridge_left = bridge_left
+        self._bridged = bridged
+        self._whole, self._remc = whole, remc
+        self._old_whole, self._old_remc = old_whole, old_remc
+        self._next_whole, self._next_remc = next_whole, next_remc
+
+    def preload(self, day, t_ms, past_ng):
+        """Count past_ng[k] as delivered in the minute k + 1 minutes before now (k = 0..1439),
+        for a restart whose own window was lost: the caller passes a conservative estimate."""
+        now = day * L.MINUTES_PER_DAY + t_ms // L.MIN_MS
+        self._roll(now)
+        b = self._buckets
+        for k in range(min(len(past_ng), _BUCKETS - 1)):
+            slot = (self._pos - 1 - k) % _BUCKETS
+            b[slot] += past_ng[k]
+            self.window_ng += past_ng[k]
+
     def margin_ng(self, peak_rate_ng_per_day):
         """Dose a correct programme must leave free below the limit (see the class docstring).
 

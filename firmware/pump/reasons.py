@@ -26,6 +26,8 @@ NOT_ACTIVE = const(20)  # no such alarm, or no refill in progress
 ALREADY_DONE = const(21)
 STEP_ORDER = const(22)  # a refill step out of its order
 OVER_CAPACITY = const(23)  # more than the reservoir holds
+CLOCK_UNSET = const(24)  # the clock was lost: set it before changing the schedule
+NO_STAGED = const(25)  # nothing staged to commit, or it no longer matches
 
 NAMES = {
     BELOW_MIN: "below minimum",
@@ -51,6 +53,8 @@ NAMES = {
     ALREADY_DONE: "already done",
     STEP_ORDER: "refill step out of order",
     OVER_CAPACITY: "more than the reservoir holds",
+    CLOCK_UNSET: "the clock must be set first",
+    NO_STAGED: "no staged programme to commit",
 }
 
 

@@ -64,6 +64,20 @@ class Reservoir:
             return LOW
         return 0
 
+    def snapshot(self):
+        return [self.capacity_nl, self.fill_nl, self.pulses, self.low_nl]
+
+    def restore(self, s):
+        cap, fill, pulses, low = s
+        if cap != self.capacity_nl:
+            raise ValueError("stored reservoir capacity differs from the board's")
+        if not (0 <= fill <= cap and 0 <= low <= cap and pulses >= 0):
+            raise ValueError("stored reservoir state out of range")
+        self.fill_nl = fill
+        self.pulses = pulses
+        self.low_nl = low
+        self._thresholds()
+
     def used_nl(self):
         return ceil_div(self.pulses * self.pulse_num, self.pulse_den)
 

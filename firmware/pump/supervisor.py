@@ -18,14 +18,14 @@ def _nolog(*_args):
 class Settings:
     """Clinician- and board-set parameters of the supervisor. All volumes in nL, times in ms."""
 
-    __slots__ = ("tol_min_nl", "tol_pct", "stall_count", "backoff_min_ms",
-                 "backoff_max_ms", "late_ms", "refill_notice_ms", "dead_volume_nl",
-                 "refill_timeout_ms", "settle_ms")  # fmt: skip
+    __slots__ = ("dead_volume_nl", "tol_min_nl", "tol_pct", "stall_count", "backoff_min_ms",
+                 "backoff_max_ms", "late_ms", "refill_notice_ms", "refill_timeout_ms",
+                 "settle_ms", "batch_pulses", "checkpoint_ms")  # fmt: skip
 
     def __init__(self, dead_volume_nl, tol_min_nl=1_000_000, tol_pct=20,
                  stall_count=2, backoff_min_ms=60_000, backoff_max_ms=3_600_000, late_ms=10_000,
                  refill_notice_ms=7 * L.DAY_MS, refill_timeout_ms=3_600_000,
-                 settle_ms=2_000):  # fmt: skip
+                 settle_ms=2_000, batch_pulses=0, checkpoint_ms=6 * 3_600_000):  # fmt: skip
         self.dead_volume_nl = dead_volume_nl  # pump tubing + catheter: the bridge bolus volume
         self.tol_min_nl = tol_min_nl  # refill discrepancy tolerance: at least this,
         self.tol_pct = tol_pct  # or this share of the volume delivered since the last refill
@@ -36,6 +36,11 @@ class Settings:
         self.refill_notice_ms = refill_notice_ms
         self.refill_timeout_ms = refill_timeout_ms  # an open refill is abandoned after this
         self.settle_ms = settle_ms  # motor-idle time around a battery sample
+        # At most this many pulses go out between two saved checkpoints (docs/storage.md);
+        # a checkpoint is also due this long after the last, if any pulse went out since.
+        # 0: no storage is attached (core tests); the storage layer refuses to work with 0.
+        self.batch_pulses = batch_pulses
+        self.checkpoint_ms = checkpoint_ms
         bad = self.problem()
         if bad:
             raise ValueError("supervisor settings: " + bad)
@@ -54,7 +59,12 @@ class Settings:
             return "negative time"
         if self.refill_timeout_ms < 1:
             return "refill timeout must be positive"
+        if self.batch_pulses < 0 or self.checkpoint_ms < 1:
+            return "checkpoint batch must not be negative, nor the interval below 1 ms"
         return None
+
+    def as_tuple(self):
+        return tuple(getattr(self, k) for k in self.__slots__)
 
 
 class _Refill:
@@ -100,12 +110,21 @@ class Supervisor:
         self._late = 0  # pulses skipped late in this advance
         self.undelivered_pulses = 0  # failed, skipped in a stall, or skipped late: all time
         self.failed_pulses = 0
+        self.moved_pulses = 0  # confirmed (or, after a power cut, assumed) since commissioning
         self._pulse_day = -1  # when the motor last moved, in the engine's day frame
         self._pulse_tod = 0
         self._refill = None
         self.low_at_ms = None  # worst-case forecast, absolute engine ms; None: not in sight
         self.empty_at_ms = None
         self._refill_due_at = None
+        self.staged = None  # a programme validated and waiting for its commit
+        self.counters = {}  # name: the last value used (the radio protocol's replay counters)
+        self.wall_off_ms = 0  # wall-clock ms (local time) at engine time 0
+        self._fired = 0  # pulses fired since the last checkpoint
+        self._held = False  # stopped before a pulse until a checkpoint is saved
+        self._ckpt_at = engine.now_ms()
+        self._uncertain = 0  # next pulses that may have gone out before a power cut
+        self.storage_ok = True
         now = engine.now_ms()
         # A reservoir that starts low or empty never crosses its threshold: say so now.
         if reservoir.is_empty():
@@ -136,7 +155,7 @@ class Supervisor:
         if x < t:
             t = x
         # Never before the last advance: the shell would take that for a clock running back.
-        if t < self._last:
+        if t < self._last or self._held:
             t = self._last
         return t - self._offset
 
@@ -174,7 +193,8 @@ class Supervisor:
             t = self._last
         self._last = t
         done = self._deliver(t // L.DAY_MS, t % L.DAY_MS, mech)  # divmod() would make a tuple
-        self.engine.run_until(t)
+        if not self._held:
+            self.engine.run_until(t)
         if self._late:
             self.alarms.event(A.CLOCK, t, "late", self._late)
             self.log("pulses_skipped_late", self._late)
@@ -192,8 +212,16 @@ class Supervisor:
             lag = (day - eng.day) * L.DAY_MS + tod - eng.tod_ms() - eng.wait_ms()
             if lag < 0:
                 return done
+            b = self.settings.batch_pulses
+            if b and self._fired >= b and eng.next_is_pulse():
+                if self.storage_ok:
+                    # The last checkpoint covers no more pulses: wait for the next one.
+                    self._held = True
+                    return done
+                self._fired = 0  # no storage: therapy goes on, the alarm says why
             ev = eng.fire()
             if ev == E.EV_PULSE:
+                self._fired += 1
                 done += self._pulse(lag, mech)
             elif ev == E.EV_BLOCKED:
                 self.alarms.condition(A.LIMITER_BLOCK, True, eng.now_ms())
@@ -201,6 +229,11 @@ class Supervisor:
 
     def _pulse(self, lag, mech):
         # lag: how long ago this pulse was due.
+        if self._uncertain:
+            # It may have gone out before the power cut: count it, do not send it again.
+            self._uncertain -= 1
+            self._assume_delivered()
+            return 0
         if lag > self.settings.late_ms:
             # Delivering every overdue pulse at once would be a bolus nobody ordered.
             self._late += 1
@@ -216,6 +249,7 @@ class Supervisor:
         self._pulse_tod = eng.tod_ms()
         if mech.pulse():
             self._fails = 0
+            self.moved_pulses += 1
             ev = self.reservoir.on_pulse()
             if ev:
                 self._reservoir_crossed(ev, eng.now_ms())
@@ -227,6 +261,13 @@ class Supervisor:
         self._not_moved()
         self._failed(eng.now_ms())
         return 0
+
+    def _assume_delivered(self):
+        self.moved_pulses += 1
+        self.battery.on_pulse()
+        ev = self.reservoir.on_pulse()
+        if ev:
+            self._reservoir_crossed(ev, self.engine.now_ms())
 
     def _not_moved(self):
         # Nothing went down the line: a bridge bolus must not be counted as done by a pulse
@@ -321,7 +362,7 @@ class Supervisor:
         """The worst-case consumption model of what runs now."""
         eng = self.engine
         conc = eng.next_conc()
-        u = RS.Usage(eng.tod_ms(), conc, upfront_ng=eng.stream_left_ng())
+        u = RS.Usage(eng.schedule_tod_ms(), conc, upfront_ng=eng.stream_left_ng())
         bridge = eng.bridge_pulses_left()
         if bridge and eng.conc < conc:
             # The bridge runs at the old, weaker strength: more volume than its dose at conc.
@@ -329,6 +370,9 @@ class Supervisor:
             u.extra_nl = v - v * eng.conc // conc
         if eng.fault:
             u.upfront_ng = 0
+        elif eng.mode == E.MODE_PROGRAM and eng.held_rate_ng() >= 0:
+            # The clock is unset: the held rate runs, and nothing can be added to it.
+            u.steps = ((0, eng.held_rate_ng()),)
         elif eng.mode == E.MODE_PROGRAM:
             rx = eng.rx
             u.steps = rx.steps
@@ -440,6 +484,7 @@ class Supervisor:
         s = self.settings
         tol = RS.discrepancy_tolerance_nl(res.used_nl(), s.tol_min_nl, s.tol_pct)
         self._refill = _Refill(self.now_ms(), withdrawn_nl, res.remaining_nl(), tol)
+        self.log("refill_begin", withdrawn_nl, res.remaining_nl(), tol)
         return None
 
     def refill_fill(self, fill_nl, conc_ug_per_ml):
@@ -460,6 +505,7 @@ class Supervisor:
         self._refill.fill_nl = fill_nl
         self._refill.conc = conc_ug_per_ml
         self._refill.pulses_at_fill = self.reservoir.pulses
+        self.log("refill_fill", fill_nl, conc_ug_per_ml)
         return None
 
     def refill_commit(self):
@@ -515,3 +561,160 @@ class Supervisor:
         if f is None:
             return None
         return (f.withdrawn_nl, f.expected_nl, f.tolerance_nl, f.discrepancy(), f.fill_nl, f.conc)
+
+    # ---- staged programme: validate and show first, commit second ----
+
+    def stage(self, rx, confirm=False):
+        """Validate rx as program() would, without applying it. The programmer shows it beside
+        the running one; commit_staged() applies it. Staging again replaces it."""
+        bad = self.engine.program_refusal(rx, confirm)
+        if bad:
+            return self._refused("stage", bad.code, bad.field)
+        self.staged = rx
+        self.log("staged", self.engine.rx, rx)
+        return None
+
+    def commit_staged(self, rx, confirm=False):
+        """Apply the staged programme; rx must be the one staged (the programmer's echo)."""
+        if self.staged is None or self.staged != rx:
+            return self._refused("commit", R.NO_STAGED, "staged")
+        bad = self.program(rx, confirm)
+        if bad is None:
+            self.staged = None
+        return bad
+
+    # ---- replay counters of the radio protocol ----
+
+    def use_counter(self, name, value):
+        """Accept value for counter name only if it is above every value used before. The
+        shell saves a checkpoint before acting on the command, so no reboot reopens it."""
+        if not isinstance(value, int) or value <= self.counters.get(name, 0):
+            return self._refused("counter", R.ALREADY_DONE, name)
+        self.counters[name] = value
+        self.log("counter", name, value)
+        return None
+
+    # ---- the clock ----
+
+    def wall_ms(self):
+        """The wall clock (local time), as the pump knows it."""
+        return self.engine.now_ms() + self.wall_off_ms
+
+    def set_clock(self, wall_ms):
+        """Set the wall clock. Delivery's own time runs on; the schedule follows the new time
+        of day (see Engine.set_time_of_day). Ends the clock alarm's condition."""
+        if not isinstance(wall_ms, int) or wall_ms < 0:
+            return self._refused("set_clock", R.BELOW_MIN, "wall_ms")
+        bad = self.engine.set_time_of_day(wall_ms % L.DAY_MS)
+        if bad:
+            return bad
+        old = self.wall_ms()
+        self.wall_off_ms = wall_ms - self.engine.now_ms()
+        self.log("wall_clock", old, wall_ms)
+        self.alarms.condition(A.CLOCK, False, self.now_ms())
+        self.forecast()
+        return None
+
+    # ---- checkpoints (the shell saves snapshot() when checkpoint_due() says so) ----
+
+    def checkpoint_due(self):
+        if self._held:
+            return True
+        return self._fired > 0 and self._last - self._ckpt_at >= self.settings.checkpoint_ms
+
+    def checkpointed(self):
+        """The shell has saved snapshot() as of now: the next batch of pulses may go out."""
+        self._fired = 0
+        self._held = False
+        self._ckpt_at = self._last
+
+    def storage_failed(self, why):
+        """Saving failed. Stopping would be worse (withdrawal): therapy goes on without the
+        batch bound, and the self-test alarm says that the accounting is no longer kept."""
+        if self.storage_ok:
+            self.storage_ok = False
+            self.log("storage_failed", why)
+            self.alarms.condition(A.SELF_TEST, True, self.now_ms())
+        self._held = False
+
+    def snapshot(self):
+        """Everything a restart needs to go on from now, as plain values (docs/storage.md)."""
+        f = self._refill
+        refill = None
+        if f is not None:
+            refill = [f.started_ms, f.withdrawn_nl, f.expected_nl, f.tolerance_nl, f.fill_nl,
+                      f.conc, f.pulses_at_fill]  # fmt: skip
+        eng = self.engine
+        return [eng.snapshot(), eng.limiter.snapshot(), self.reservoir.snapshot(),
+                self.battery.snapshot(), self.alarms.snapshot(),
+                [self._fails, 1 if self._stalled else 0, self._backoff, self._retry_at,
+                 self._stall_lost, self.undelivered_pulses, self.failed_pulses, self._pulse_day,
+                 self._pulse_tod, self._uncertain, self.moved_pulses],
+                refill, list(self.settings.as_tuple()),
+                None if self.staged is None else self.staged.key(),
+                sorted([k, v] for k, v in self.counters.items()), self.wall_off_ms]  # fmt: skip
+
+    def restore(self, s):
+        """Take over the supervisor's own fields from snapshot() (the parts were restored by
+        restore_parts before this object was built)."""
+        own, refill, settings, staged, counters, wall_off = s[5:]
+        if list(settings) != list(self.settings.as_tuple()):
+            raise ValueError("stored settings differ from the settings given")
+        (self._fails, stalled, self._backoff, self._retry_at, self._stall_lost,
+         self.undelivered_pulses, self.failed_pulses, self._pulse_day, self._pulse_tod,
+         self._uncertain, self.moved_pulses) = own  # fmt: skip
+        self._stalled = bool(stalled)
+        self._refill = None
+        if refill is not None:
+            f = _Refill(refill[0], refill[1], refill[2], refill[3])
+            f.fill_nl, f.conc, f.pulses_at_fill = refill[4], refill[5], refill[6]
+            self._refill = f
+        self.staged = None if staged is None else RX.Prescription(*staged)
+        self.counters = {}
+        for k, v in counters:
+            self.counters[k] = v
+        self.wall_off_ms = wall_off
+        self._last = self.engine.now_ms()
+        self._ckpt_at = self._last
+        self.forecast()
+
+    def resume(self, shell_now_ms, wall_now_ms, uncertain_pulses):
+        """Go on after a restart from a saved state. wall_now_ms is the wall clock if it is
+        trusted, else None. Up to uncertain_pulses pulses after the checkpoint may have gone
+        out before the power failed (the batch bound): they are counted as delivered and never
+        sent again. The rest of the outage is skipped, not made up."""
+        eng = self.engine
+        start = eng.now_ms()
+        self._uncertain = uncertain_pulses
+        lost = 0
+        if wall_now_ms is not None and wall_now_ms - self.wall_off_ms >= start:
+            target = wall_now_ms - self.wall_off_ms
+            while eng.next_due_ms() <= target:
+                ev = eng.fire()
+                if ev == E.EV_PULSE:
+                    if self._uncertain:
+                        self._uncertain -= 1
+                        self._assume_delivered()
+                    else:
+                        lost += 1
+                        self._not_moved()
+                elif ev == E.EV_BLOCKED:
+                    self.alarms.condition(A.LIMITER_BLOCK, True, eng.now_ms())
+            eng.run_until(target)
+            assumed = uncertain_pulses - self._uncertain
+            self._uncertain = 0  # later pulses were not yet due when the power failed
+        else:
+            # The outage's length is unknown: go on as if it were none, and hold the rate.
+            target = start
+            assumed = uncertain_pulses
+            eng.clock_lost()
+            self.alarms.condition(A.CLOCK, True, start)
+        self._offset = target - shell_now_ms
+        self._last = target
+        self._ckpt_at = target
+        self._fired = 0
+        self._held = False
+        self.log("resume", target - start, assumed, lost)
+        for kind, dose, end in eng.streams():
+            self.log("bolus_resumed", kind, dose, end)
+        self.forecast()

@@ -1,0 +1,301 @@
+# Saving and restoring the whole pump: the commit that writes log then state, and the boot path
+# (self test, reset cause, recovery from A, B or the log, resume). Pure: the filesystem comes in.
+
+from pump import alarms as A
+from pump import battery as B
+from pump import codec as C
+from pump import engine as E
+from pump import limits as L
+from pump import reservoir as RS
+from pump import rx as RX
+from pump import store as S
+from pump import supervisor as SV
+from pump.limiter import Limiter, project
+
+MAX_OUTAGE_MS = 366 * L.DAY_MS  # an RTC further ahead than this is not believed
+
+
+class Journal:
+    """The log sink every core module writes to: events wait in RAM until the next commit,
+    which writes them before the state that follows from them."""
+
+    def __init__(self):
+        self.pending = []
+        self.clock = None  # returns the wall time in ms; set once the supervisor exists
+
+    def __call__(self, name, *args):
+        self.pending.append((self.clock() if self.clock else 0, name, args))
+
+
+class Plant:
+    """What the board fixes: mechanism, reservoir, cell and the supervisor's settings. Their
+    identity is stored with the state, so state saved on other hardware is not taken."""
+
+    def __init__(self, name, calib, capacity_nl, cell, energy, adc, eri_margin_days, settings):
+        if settings.batch_pulses < 1:
+            raise ValueError("storage needs a checkpoint batch of at least one pulse")
+        self.name = name
+        self.calib = calib
+        self.capacity_nl = capacity_nl
+        self.cell = cell
+        self.energy = energy
+        self.adc = adc
+        self.eri_margin_days = eri_margin_days
+        self.settings = settings
+
+    def identity(self):
+        c = self.calib
+        return [self.name, c.ml_num, c.ml_den, c.usteps_per_pulse, self.capacity_nl,
+                self.cell.name]  # fmt: skip
+
+    def build(self, lim, conc, low_nl, fill_nl, journal, alarms=None):
+        """A supervisor at engine time 0 over new parts (restore() then overwrites them)."""
+        lim = lim if isinstance(lim, L.ClinicianLimits) else L.ClinicianLimits(*lim)
+        limiter = Limiter(self.calib, lim, conc)
+        eng = E.Engine(self.calib, limiter, lim, conc, journal)
+        res = RS.Reservoir(self.calib, self.capacity_nl, low_nl, fill_nl)
+        bat = B.Monitor(self.cell, self.energy, self.adc, journal, self.eri_margin_days)
+        al = alarms or A.Alarms(journal)
+        sup = SV.Supervisor(eng, res, bat, al, self.settings, journal)
+        journal.clock = sup.wall_ms
+        return sup
+
+
+class Storage:
+    """The pump's files on one littlefs volume."""
+
+    def __init__(self, fs, identity, seg_bytes=8192, max_segments=16):
+        S.ensure_dirs(fs)
+        self.fs = fs
+        self.identity = identity
+        self.state = S.StateFiles(fs)
+        self.log = S.EventLog(fs, seg_bytes, max_segments)
+        self.days = S.DayTotals(fs)
+        self.day = -1  # last wall day whose total is written
+        self.commits = 0
+
+    def commit(self, sup, journal):
+        """Write the pending events, then the state that follows from them; tell the supervisor
+        the next batch may go. A storage error keeps therapy going (see storage_failed)."""
+        try:
+            day = sup.wall_ms() // L.DAY_MS
+            if self.day >= 0 and day > self.day:
+                self.days.append([[self.day, sup.moved_pulses, sup.engine.delivered,
+                                   sup.reservoir.remaining_nl()]])  # fmt: skip
+            self.day = day
+            self.log.append(journal.pending)
+            journal.pending = []
+            payload = C.encode([self.identity, self.log.seq, self.log.head, self.day,
+                                sup.snapshot()])  # fmt: skip
+            self.state.save(payload)
+        except OSError as e:
+            # Nothing is dropped: unwritten events stay pending, and the log is re-read so
+            # that sequence numbers carry on from what is really on flash.
+            records, _problems = self.log.scan()
+            self.log.resume(records)
+            sup.storage_failed(str(e))
+            return False
+        self.commits += 1
+        sup.checkpointed()
+        return True
+
+    def write_marker(self, reason):
+        """Before an intentional reset: say why, so the next boot can tell it from a brownout
+        (which the ESP32 reports as a watchdog reset)."""
+        S.write_atomic(self.fs, S.MARKER_FILE, reason.encode())
+
+    def take_marker(self):
+        try:
+            with self.fs.open(S.MARKER_FILE, "rb") as f:
+                reason = f.read().decode()
+        except (OSError, UnicodeError):
+            return None
+        self.fs.remove(S.MARKER_FILE)
+        return reason
+
+    def clean_tmp(self):
+        # A power cut between creating a .tmp file and its rename leaves it behind.
+        for d in (S.STATE_DIR, S.LOG_DIR):
+            for n in self.fs.listdir(d):
+                if n.endswith(".tmp"):
+                    self.fs.remove(d + "/" + n)
+
+
+def reset_cause(marker, hw_cause):
+    """Our own marker names an intentional reset; without one, the hardware's cause, where a
+    watchdog reset may also be a brownout."""
+    if marker:
+        return "intended:" + marker
+    if hw_cause == "watchdog":
+        return "watchdog_or_brownout"
+    return hw_cause or "unknown"
+
+
+def clock_valid(rtc_wall_ms, last_wall_ms):
+    return rtc_wall_ms is not None and last_wall_ms <= rtc_wall_ms <= last_wall_ms + MAX_OUTAGE_MS
+
+
+class Boot:
+    """The outcome of a boot: the supervisor to run, where its state came from, and what the
+    self test found."""
+
+    def __init__(self, sup, source, cause, problems):
+        self.sup = sup
+        self.source = source  # "a", "b", "log", "new" or "none"
+        self.cause = cause
+        self.problems = problems
+
+
+def _restore(plant, journal, payload, identity):
+    ident, log_seq, log_head, day, st = C.decode(payload)
+    if ident != identity:
+        raise ValueError("state was saved for other hardware or calibration")
+    eng_s, lim_s, res_s, bat_s, al_s = st[:5]
+    # Limits, strength and fill come from the record; restore() then sets every field.
+    sup = plant.build(eng_s[18], eng_s[2], res_s[3], res_s[1], journal,
+                      _alarms(journal, al_s, eng_s))  # fmt: skip
+    sup.engine.restore(eng_s)
+    sup.engine.limiter.restore(lim_s)
+    sup.reservoir.restore(res_s)
+    sup.battery.restore(bat_s)
+    sup.restore(st)
+    return sup, log_seq, log_head, day
+
+
+def _alarms(journal, al_s, eng_s):
+    al = A.Alarms(journal)
+    al.restore(al_s, eng_s[6] * L.DAY_MS + eng_s[7])
+    return al
+
+
+def recover(fs, plant, shell_now_ms, rtc_wall_ms, hw_cause, first_boot):
+    """Power-on self test and recovery. Returns (Boot, Storage, Journal).
+
+    first_boot: (limits, conc, low_nl), the commissioning settings. A pump whose flash holds
+    nothing starts from them, stopped. A pump whose state is lost starts from them only if the
+    log holds no programme either, and then stopped, with the high-priority alarm."""
+    journal = Journal()
+    store = Storage(fs, plant.identity())
+    cause = reset_cause(store.take_marker(), hw_cause)
+    store.clean_tmp()
+    problems = []
+    good, bad = store.state.read_all()
+    for name in sorted(bad):
+        if bad[name] != "missing":
+            problems.append("state copy %s: %s" % (name, bad[name]))
+    records, log_problems = store.log.scan()
+    store.log.resume(records)
+    store.days.read()
+    sup = None
+    source = None
+    for seq, payload, name in good:
+        try:
+            sup, log_seq, log_head, day = _restore(plant, journal, payload, plant.identity())
+        except (ValueError, TypeError, C.FormatError) as e:
+            problems.append("state copy %s: %s" % (name, e))
+            journal.pending = []
+            continue
+        store.state.adopt(seq, name)
+        store.day = day
+        problems.extend(store.log.verify(records, log_problems, log_seq, log_head))
+        source = name
+        break
+    if sup is not None:
+        last_wall = sup.wall_ms()
+        wall = rtc_wall_ms if clock_valid(rtc_wall_ms, last_wall) else None
+        sup.log("reset", cause, source, store.state.seq)
+        sup.resume(shell_now_ms, wall, plant.settings.batch_pulses)
+    else:
+        problems.extend(store.log.verify(records, log_problems))
+        damaged = [n for n in bad if bad[n] != "missing"]
+        if not good and not damaged and not records:
+            sup = _new(plant, journal, first_boot, shell_now_ms, rtc_wall_ms)
+            source = "new"
+            sup.log("reset", cause, source, 0)
+        else:
+            sup = _from_log(plant, journal, records, shell_now_ms, rtc_wall_ms)
+            source = "log" if sup is not None else "none"
+            if sup is None:
+                sup = _stopped(plant, journal, first_boot, shell_now_ms)
+            sup.log("reset", cause, source, 0)
+            sup.log("state_lost", source)
+            sup.alarms.condition(A.SELF_TEST, True, sup.now_ms())
+    for p in problems:
+        sup.log("storage_problem", p)
+    return Boot(sup, source, cause, problems), store, journal
+
+
+def _start(sup, shell_now_ms, rtc_wall_ms, last_wall_ms):
+    # A fresh supervisor stands at engine time 0: map the shell's clock onto it, and take the
+    # wall clock if it can be believed.
+    sup._offset = sup.engine.now_ms() - shell_now_ms
+    if rtc_wall_ms is not None and rtc_wall_ms >= last_wall_ms:
+        sup.set_clock(rtc_wall_ms)
+    else:
+        sup.engine.clock_lost()
+        sup.alarms.condition(A.CLOCK, True, sup.now_ms())
+
+
+def _new(plant, journal, first_boot, shell_now_ms, rtc_wall_ms):
+    lim, conc, low_nl = first_boot
+    sup = plant.build(lim, conc, low_nl, 0, journal)
+    sup.log("commissioned", list(sup.engine.lim.as_tuple()), conc, low_nl,
+            plant.identity())  # fmt: skip
+    _start(sup, shell_now_ms, rtc_wall_ms, 0)
+    return sup
+
+
+def _stopped(plant, journal, first_boot, shell_now_ms):
+    # Nothing to go on: stop (the high-priority alarm says so) with the commissioning limits,
+    # so that a clinician can program the pump again.
+    lim, conc, low_nl = first_boot
+    sup = plant.build(lim, conc, low_nl, 0, journal)
+    _start(sup, shell_now_ms, None, 0)
+    return sup
+
+
+def _last(records, names):
+    for _seq, _h, value, _n in reversed(records):
+        if value[2] in names:
+            return value
+    return None
+
+
+def _from_log(plant, journal, records, shell_now_ms, rtc_wall_ms):
+    """Both state copies are lost: go on with the last programme the log recorded, treating
+    everything the log cannot tell conservatively (docs/storage.md, "Recovery")."""
+    lim_rec = _last(records, ("limits", "commissioned"))
+    rx_rec = _last(records, ("program", "mode"))
+    if lim_rec is None or rx_rec is None or rx_rec[2] != "program":
+        return None
+    lim = lim_rec[3][1] if lim_rec[2] == "limits" else lim_rec[3][0]
+    rx = RX.Prescription(*rx_rec[3][1])
+    strength = _last(records, ("bridge_start",))
+    if strength is not None and strength[1] > rx_rec[1] and strength[3][1] != rx.conc_ug_per_ml:
+        rx = rx.with_concentration(strength[3][1])
+    low = _last(records, ("low_threshold",))
+    com = _last(records, ("commissioned",))
+    low_nl = low[3][1] if low is not None else (com[3][2] if com is not None else 0)
+    try:
+        # The reservoir is unknown: it is taken as empty (the alarm asks for a refill, and
+        # delivery goes on, as it does on any empty estimate).
+        sup = plant.build(lim, rx.conc_ug_per_ml, low_nl, 0, journal)
+    except ValueError:
+        return None
+    last_wall = records[-1][2][1]
+    wall = rtc_wall_ms if clock_valid(rtc_wall_ms, last_wall) else None
+    if wall is not None:
+        sup.set_clock(wall)
+    if sup.program(rx, confirm=True) is not None:
+        return None
+    # The limiter's window is lost too: count one day of this programme, and every bolus the
+    # log granted in the last 24 h, as delivered just now.
+    eng = sup.engine
+    past = project(rx, 0, eng.schedule_tod_ms() // L.MIN_MS)[: L.MINUTES_PER_DAY]
+    past.reverse()
+    for _seq, _h, value, _n in records:
+        if value[2] == "bolus_start" and (wall is None or value[1] > wall - L.DAY_MS):
+            past[0] += value[3][1]
+    eng.limiter.preload(eng.day, eng.tod_ms(), past)
+    _start(sup, shell_now_ms, wall, last_wall)
+    return sup
