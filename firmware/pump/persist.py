@@ -97,6 +97,8 @@ class Storage:
             return False
         self.commits += 1
         sup.checkpointed()
+        if not sup.storage_ok:
+            sup.storage_restored()
         return True
 
     def write_marker(self, reason):
@@ -219,7 +221,8 @@ def recover(fs, plant, shell_now_ms, rtc_wall_ms, hw_cause, first_boot):
                 sup = _stopped(plant, journal, first_boot, shell_now_ms)
             sup.log("reset", cause, source, 0)
             sup.log("state_lost", source)
-            sup.alarms.condition(A.SELF_TEST, True, sup.now_ms())
+            # A moment, not a lasting condition: it ends once a clinician acknowledges it.
+            sup.alarms.event(A.SELF_TEST, sup.now_ms(), "state_lost")
     for p in problems:
         sup.log("storage_problem", p)
     return Boot(sup, source, cause, problems), store, journal

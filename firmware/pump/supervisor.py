@@ -637,6 +637,12 @@ class Supervisor:
             self.alarms.condition(A.SELF_TEST, True, self.now_ms())
         self._held = False
 
+    def storage_restored(self):
+        """A commit worked again after storage_failed: the batch bound is back."""
+        self.storage_ok = True
+        self.log("storage_restored")
+        self.alarms.condition(A.SELF_TEST, False, self.now_ms())
+
     def snapshot(self):
         """Everything a restart needs to go on from now, as plain values (docs/storage.md)."""
         f = self._refill
