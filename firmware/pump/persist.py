@@ -48,15 +48,28 @@ class Plant:
         return [self.name, c.ml_num, c.ml_den, c.usteps_per_pulse, self.capacity_nl,
                 self.cell.name]  # fmt: skip
 
-    def build(self, lim, conc, low_nl, fill_nl, journal, alarms=None):
-        """A supervisor at engine time 0 over new parts (restore() then overwrites them)."""
+    def build(self, lim, conc, low_nl, fill_nl, journal, saved=None):
+        """A supervisor at engine time 0 over new parts, or, given a saved snapshot, over parts
+        restored from it (restored before the supervisor is built, so that its start-up checks
+        see the saved reservoir and alarms and change nothing)."""
         lim = lim if isinstance(lim, L.ClinicianLimits) else L.ClinicianLimits(*lim)
         limiter = Limiter(self.calib, lim, conc)
         eng = E.Engine(self.calib, limiter, lim, conc, journal)
         res = RS.Reservoir(self.calib, self.capacity_nl, low_nl, fill_nl)
         bat = B.Monitor(self.cell, self.energy, self.adc, journal, self.eri_margin_days)
-        al = alarms or A.Alarms(journal)
+        al = A.Alarms(journal)
+        wall_off = 0
+        if saved is not None:
+            eng.restore(saved[0])
+            limiter.restore(saved[1])
+            res.restore(saved[2])
+            bat.restore(saved[3])
+            al.restore(saved[4], eng.now_ms())
+            wall_off = saved[10]
+        journal.clock = lambda: eng.now_ms() + wall_off
         sup = SV.Supervisor(eng, res, bat, al, self.settings, journal)
+        if saved is not None:
+            sup.restore(saved)
         journal.clock = sup.wall_ms
         return sup
 
@@ -152,22 +165,10 @@ def _restore(plant, journal, payload, identity):
     ident, log_seq, log_head, day, st = C.decode(payload)
     if ident != identity:
         raise ValueError("state was saved for other hardware or calibration")
-    eng_s, lim_s, res_s, bat_s, al_s = st[:5]
-    # Limits, strength and fill come from the record; restore() then sets every field.
-    sup = plant.build(eng_s[18], eng_s[2], res_s[3], res_s[1], journal,
-                      _alarms(journal, al_s, eng_s))  # fmt: skip
-    sup.engine.restore(eng_s)
-    sup.engine.limiter.restore(lim_s)
-    sup.reservoir.restore(res_s)
-    sup.battery.restore(bat_s)
-    sup.restore(st)
+    eng_s, res_s = st[0], st[2]
+    # Limits, strength and fill come from the record; the parts' restore() sets every field.
+    sup = plant.build(eng_s[18], eng_s[2], res_s[3], res_s[1], journal, st)
     return sup, log_seq, log_head, day
-
-
-def _alarms(journal, al_s, eng_s):
-    al = A.Alarms(journal)
-    al.restore(al_s, eng_s[6] * L.DAY_MS + eng_s[7])
-    return al
 
 
 def recover(fs, plant, shell_now_ms, rtc_wall_ms, hw_cause, first_boot):
