@@ -16,6 +16,7 @@ T_FALSE = 6
 MAGIC = b"IT"
 FRAME = "<2sBBII"  # magic, format version, kind, sequence number, payload length
 FRAME_LEN = 12
+INT_LIMIT = 1 << 64  # integers are stored only within +-2**64
 CRC_LEN = 4
 
 
@@ -36,7 +37,8 @@ def _varint(out, n):
 
 def encode(value, out=None):
     """Append the encoding of value (None, bool, int, str, bytes, list or tuple, or an object
-    with key() or as_tuple()) to the bytearray out; returns out."""
+    with key() or as_tuple()) to the bytearray out; returns out. Integers must lie within
+    +-2**64."""
     if out is None:
         out = bytearray()
     if value is None:
@@ -46,6 +48,10 @@ def encode(value, out=None):
     elif value is False:
         out.append(T_FALSE)
     elif isinstance(value, int):
+        if not -INT_LIMIT <= value <= INT_LIMIT:
+            # decode() reads at most 11 varint bytes; refuse here rather than write what
+            # could never be read back.
+            raise ValueError("integer too large for the record format")
         out.append(T_INT)
         _varint(out, value * 2 if value >= 0 else -value * 2 - 1)
     elif isinstance(value, str):

@@ -288,8 +288,9 @@ def _from_log(plant, journal, records, shell_now_ms, rtc_wall_ms):
         return None
     last_wall = records[-1][2][1]
     wall = rtc_wall_ms if clock_valid(rtc_wall_ms, last_wall) else None
-    if wall is not None:
-        sup.set_clock(wall)
+    # Without a trusted clock, the last time the log knew is the best guess: the programme
+    # starts there, and its rate at that time is held until the clock is set.
+    sup.set_clock(last_wall if wall is None else wall)
     if sup.program(rx, confirm=True) is not None:
         return None
     # The limiter's window is lost too: count one day of this programme, and every bolus the
@@ -301,5 +302,8 @@ def _from_log(plant, journal, records, shell_now_ms, rtc_wall_ms):
         if value[2] == "bolus_start" and (wall is None or value[1] > wall - L.DAY_MS):
             past[0] += value[3][1]
     eng.limiter.preload(eng.day, eng.tod_ms(), past)
-    _start(sup, shell_now_ms, wall, last_wall)
+    sup._offset = eng.now_ms() - shell_now_ms
+    if wall is None:
+        eng.clock_lost()
+        sup.alarms.condition(A.CLOCK, True, sup.now_ms())
     return sup
