@@ -844,3 +844,82 @@ def test_a_programme_change_is_on_flash_only_after_its_commit():
     a.save()
     _b, c = boot(cycle(fl), pl, shell_now=0, rtc=a.sup.wall_ms())
     assert c.sup.engine.rx == other
+
+
+# ---- a failing flash keeps therapy going ---------------------------------------------------
+
+
+class FailingFs:
+    """Wraps a mounted fs; while `broken`, every open for writing raises OSError (a worn or
+    faulty flash, not a power cut)."""
+
+    def __init__(self, fs):
+        self.fs = fs
+        self.broken = False
+
+    def open(self, path, mode):
+        if self.broken and "r" not in mode:
+            raise OSError(5, "flash write failed")
+        return self.fs.open(path, mode)
+
+    def __getattr__(self, name):
+        return getattr(self.fs, name)
+
+
+@pytest.mark.req("SR-14")
+def test_a_failing_flash_keeps_therapy_going_alarms_and_loses_no_event():
+    fl, fs = new_fs()
+    ffs = FailingFs(fs)
+    pl = plant(batch=8)
+    b, rig = boot(ffs, pl)
+    sup = rig.sup
+    assert sup.refill_begin(0) is None
+    assert sup.refill_fill(FILL_NL, 500) is None
+    assert sup.refill_commit() is None
+    assert sup.set_clock(W0) is None
+    assert sup.program(DEMO, confirm=True) is None
+    ack_all(sup)
+    rig.save()
+    seq0 = rig.store.log.seq
+    ffs.broken = True
+    rig.__class__ = LenientRig
+    done0 = rig.mech.done
+    rig.run(3 * HOUR)
+    # More than a batch went out: without storage the batch bound is lifted, not therapy.
+    assert rig.mech.done - done0 > 8 * 4
+    assert not sup.storage_ok
+    assert latched(sup, A.SELF_TEST) is not None and latched(sup, A.SELF_TEST)[3]
+    waiting = names(rig.journal.pending)
+    assert "storage_failed" in waiting and rig.store.log.seq == seq0
+    ffs.broken = False
+    rig.run(4 * HOUR)
+    assert sup.storage_ok and not latched(sup, A.SELF_TEST)[3]
+    logged = [r[2][2] for r in log_records(fs)]
+    # Every event held back while the flash failed reached the log, in order, once.
+    for name in ("storage_failed", "storage_restored"):
+        assert logged.count(name) == 1, name
+    assert rig.journal.pending == []
+
+
+class LenientRig(Rig):
+    # The shell goes on whatever commit() answers: False (storage failed) is not an error.
+    def save(self):
+        self.store.commit(self.sup, self.journal)
+
+
+@pytest.mark.req("SR-46")
+def test_log_recovery_takes_the_strength_of_the_last_refill():
+    fl, fs, pl, rig = commissioned()
+    sup = rig.sup
+    rig.run(2 * HOUR)
+    assert sup.refill_begin(sup.reservoir.remaining_nl()) is None
+    assert sup.refill_fill(FILL_NL, 1000) is None
+    assert sup.refill_commit() is None
+    rig.run(3 * HOUR)
+    store = rig.store
+    for path in (newest_copy(store), older_copy(store)):
+        flip_byte(fs, path, 40)
+    b, rig2 = boot(cycle(fl), pl, shell_now=rig.shell_now(), rtc=sup.wall_ms())
+    assert b.source == "log"
+    eng = rig2.sup.engine
+    assert eng.next_conc() == 1000 and eng.rx == DEMO.with_concentration(1000)
