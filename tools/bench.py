@@ -1,5 +1,5 @@
 # Benchmarks: measures the dosing engine (and, via bench_battery.py, the battery monitor and
-# alarm latency) and writes build/bench.json (metric name -> number).
+# alarm latency; via bench_storage.py, power cuts and flash wear) and writes build/bench.json.
 # Performance lives here, never in timed tests. Usage: python tools/bench.py [--programmes N]
 
 import argparse
@@ -19,7 +19,7 @@ from pump import engine as E  # noqa: E402
 from pump import limits as L  # noqa: E402
 from pump import rx as RX  # noqa: E402
 from pump.limiter import Limiter  # noqa: E402
-from tools import bench_battery, mpy  # noqa: E402
+from tools import bench_battery, bench_storage, mpy  # noqa: E402
 
 OUT = ROOT / "build" / "bench.json"
 HORIZON_DAYS = 180
@@ -115,6 +115,8 @@ def main(argv=None):
     )
     print("battery discharge and alarm latency simulations ...")
     metrics.update(bench_battery.metrics())
+    print("storage power-cut sweep, random resets and flash wear ...")
+    metrics.update(bench_storage.metrics())
     OUT.parent.mkdir(exist_ok=True)
     old = json.loads(OUT.read_text()) if OUT.exists() else {}
     old.update(metrics)

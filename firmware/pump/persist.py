@@ -211,7 +211,9 @@ def recover(fs, plant, shell_now_ms, rtc_wall_ms, hw_cause, first_boot):
     else:
         problems.extend(store.log.verify(records, log_problems))
         damaged = [n for n in bad if bad[n] != "missing"]
-        if not good and not damaged and not records:
+        # No state was ever saved and no programme ever ran: a new pump, or one whose first
+        # commit was cut after its log write. Nothing is lost by starting it anew.
+        if not good and not damaged and _last(records, ("program",)) is None:
             sup = _new(plant, journal, first_boot, shell_now_ms, rtc_wall_ms)
             source = "new"
             sup.log("reset", cause, source, 0)
