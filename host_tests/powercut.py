@@ -131,20 +131,10 @@ class Rig:
         self.boot_real = real_ms
         self.shell = 0
         fs = lfs.mount(self.flash)
-        orig = P.Storage.__init__
-        if self.log_shape is not None:
-            # recover() builds the Storage: a variant with small segments reaches rotation.
-            seg_bytes, max_segments = self.log_shape
-
-            def init(store, fs, identity, *_defaults):
-                orig(store, fs, identity, seg_bytes, max_segments)
-
-            P.Storage.__init__ = init
-        try:
-            boot, self.store, self.journal = P.recover(fs, self.plant, 0, rtc_wall_ms, cause,
-                                                       FIRST_BOOT)  # fmt: skip
-        finally:
-            P.Storage.__init__ = orig
+        # A variant with small log segments reaches rotation within the scenario.
+        shape = self.log_shape or (8192, 16)
+        boot, self.store, self.journal = P.recover(fs, self.plant, 0, rtc_wall_ms, cause,
+                                                   FIRST_BOOT, *shape)  # fmt: skip
         self.sup = boot.sup
         self.mech = hw.Mechanism()
         if self.hooks:
@@ -154,7 +144,8 @@ class Rig:
     def commit(self):
         if self.hooks:
             self.hooks.commit_start(self)
-        if not self.store.commit(self.sup, self.journal):
+        rtc = W0 + self.real if self.rtc_set else None
+        if not self.store.commit(self.sup, self.journal, rtc):
             raise AssertionError("a commit failed without a power cut")
         self.commits += 1
         if self.hooks:

@@ -264,10 +264,10 @@ def _memory_pump(pl, rx):
 def _restored(pl, rig):
     """Encode the state as a commit would, decode it, and build a fresh pump from it the way
     the boot path does."""
-    payload = bytes(C.encode([pl.identity(), 7, S.ZERO_HASH, 0, rig.sup.snapshot()]))
+    payload = bytes(C.encode([pl.identity(), 7, S.ZERO_HASH, 0, 12345, rig.sup.snapshot()]))
     journal = P.Journal()
-    sup, log_seq, log_head, _day = P._restore(pl, journal, payload, pl.identity())
-    assert (log_seq, log_head) == (7, S.ZERO_HASH)
+    sup, log_seq, log_head, _day, rtc = P._restore(pl, journal, payload, pl.identity())
+    assert (log_seq, log_head, rtc) == (7, S.ZERO_HASH, 12345)
     rig.save()  # the original goes on from a checkpoint too
     return Rig(sup, None, journal)
 
@@ -923,3 +923,138 @@ def test_log_recovery_takes_the_strength_of_the_last_refill():
     assert b.source == "log"
     eng = rig2.sup.engine
     assert eng.next_conc() == 1000 and eng.rx == DEMO.with_concentration(1000)
+
+
+# ---- fixes after review: clock drift, requests, lost programme records, log recovery -------
+
+
+@pytest.mark.req("SR-44")
+def test_setting_the_clock_back_over_a_periodic_bolus_does_not_repeat_it():
+    # DEMO's periodic bolus starts at 07:00. At 07:40 the clock is set back to 06:50 (a
+    # daylight-saving fall-back, or a correction): 07:00 comes round again 10 min later.
+    rig = _memory_demo()
+    sup = rig.sup
+    seen = []
+    save = rig.save
+
+    def keep():
+        seen.extend(rig.journal.pending)
+        save()
+
+    rig.save = keep
+
+    def periodic_starts():
+        return [e for e in seen if e[1] == "bolus_start" and e[2][0] == "periodic"]
+
+    rig.run(100 * 60_000)
+    assert len(periodic_starts()) == 1
+    assert sup.set_clock(W0 + 50 * 60_000) is None
+    rig.run(rig.shell_now() + 2 * HOUR)
+    assert len(periodic_starts()) == 1 and "periodic_skipped" in names(seen)
+    # The next day it runs as usual.
+    rig.run(rig.shell_now() + DAY)
+    assert len(periodic_starts()) == 2
+
+
+@pytest.mark.req("SR-43")
+def test_delivery_waits_for_the_commit_of_an_accepted_request():
+    rig = _memory_demo()
+    sup = rig.sup
+    rig.run(3 * HOUR)  # 09:00, after the periodic bolus
+    assert sup.clinician_bolus(20_000, 600) is None
+    assert sup.checkpoint_due()
+    done = rig.mech.done
+    for _ in range(5):
+        t = sup.next_wake_ms()
+        sup.advance(t, rig.mech, rig.buz)
+    # No pulse of the bolus goes out until its state is saved, however often the shell wakes.
+    assert rig.mech.done == done and sup.next_wake_ms() == t
+    sup.checkpointed()
+    rig.run(rig.shell_now() + 10 * 60_000)
+    assert rig.mech.done > done + 10
+
+
+def test_while_storage_fails_changes_are_refused_but_stopping_is_not():
+    rig = _memory_demo()
+    sup = rig.sup
+    rig.run(HOUR)
+    sup.storage_failed("test")
+    failed = R.Refusal(R.STORAGE_FAILED, "storage")
+    before = sup.snapshot()
+    assert sup.program(DEMO, confirm=True) == failed
+    assert sup.clinician_bolus(10_000, 600) == failed
+    assert sup.patient_bolus() == failed
+    assert sup.set_limits(LIMITS) == failed
+    assert sup.set_clock(W0) == failed
+    assert sup.use_counter("clinician", 5) == failed
+    assert sup.refill_begin(0) == failed
+    assert sup.stage(DEMO) == failed
+    assert sup.snapshot() == before
+    assert sup.set_mode(E.MODE_MINIMUM) is None
+
+
+@pytest.mark.req("SR-43", "SR-45")
+def test_a_slow_rtc_at_restart_sends_nothing_twice():
+    # The pump saves with the RTC's reading; pulses then go out until a cut. The RTC at the
+    # restart reads a few seconds behind the truth (crystal drift): the pulses it makes look
+    # not yet due may have gone out, so they stay counted-but-unsent.
+    fl, fs, pl, a = commissioned(batch=32)
+    sup = a.sup
+    assert sup.clinician_bolus(20_000, 600) is None  # fast pulses: seconds apart
+    a.store.commit(sup, a.journal, sup.wall_ms())
+    sup.checkpointed()
+    before = a.mech.done
+    while a.mech.done - before < 20:
+        t = sup.next_wake_ms()
+        sup.advance(t, a.mech, a.buz)
+    cut_shell = a.shell_now()
+    sent = a.mech.done - before
+    truth_moved = sup.moved_pulses
+    twin = copy(fl)  # the flash as the power failed: the save before these pulses
+    slow = 4_000
+    b_boot, b = boot(twin, pl, shell_now=0, rtc=sup.wall_ms() - slow)
+    assert b_boot.source in ("a", "b")
+    b.run(b.shell_now() + HOUR)
+    a.run(cut_shell + HOUR)
+    # Motor pulses: before the cut plus after the restart never exceed the uncut run's.
+    assert before + sent + b.mech.done <= a.mech.done
+    assert b.sup.moved_pulses >= truth_moved
+
+
+@pytest.mark.req("SR-46")
+def test_a_running_pump_whose_programme_record_rotated_out_is_not_taken_for_new():
+    fl, fs, pl, rig = commissioned()
+    rig.run(4 * HOUR)
+    store = rig.store
+    # Small segments, so the programme's record rotates out of the log.
+    store.log.seg_bytes, store.log.max_segments = 600, 2
+    for _ in range(30):
+        assert rig.sup.acknowledge(A.STALL) is not None  # refusals: log records, no change
+        rig.save()
+    assert S.EventLog(fs).scan()[0][0][0] > 1
+    fs.remove("/state/state.a")
+    fs.remove("/state/state.b")
+    b, rig2 = boot(cycle(fl), pl, shell_now=0, rtc=rig.sup.wall_ms())
+    assert b.source != "new"
+    a = latched(rig2.sup, A.SELF_TEST)
+    assert a is not None and not a[4]
+
+
+@pytest.mark.req("SR-46")
+def test_log_recovery_keeps_the_counters_and_a_limiter_stop():
+    fl, fs, pl, rig = commissioned()
+    sup = rig.sup
+    assert sup.use_counter("clinician", 41) is None
+    rig.run(2 * HOUR)
+    store = rig.store
+    for path in (newest_copy(store), older_copy(store)):
+        flip_byte(fs, path, 40)
+    b, rig2 = boot(copy(fl), pl, shell_now=0, rtc=sup.wall_ms())
+    assert b.source == "log" and rig2.sup.counters.get("clinician") == 41
+    # A pump stopped by the limiter (an overdose risk) stays stopped when its state is lost.
+    rig.journal("limiter_block", 0, 0)
+    rig.save()
+    for path in (newest_copy(store), older_copy(store)):
+        flip_byte(fs, path, 41)
+    b, rig3 = boot(copy(fl), pl, shell_now=0, rtc=sup.wall_ms())
+    assert b.source == "none" and rig3.sup.engine.mode == E.MODE_STOPPED

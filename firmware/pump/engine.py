@@ -27,6 +27,9 @@ KIND_NAMES = {K_PERIODIC: "periodic", K_CLINICIAN: "clinician", K_PATIENT: "pati
               K_PRIME: "priming"}  # fmt: skip
 
 _RUMS_PER_NG = const(8_640_000)  # DAY_MS / RATE_RES: a dose of 1 ng is 8.64e6 rate-unit-ms
+# A periodic bolus never starts again within this time of its last start, whatever the clock
+# does (setting the clock back, or a daylight-saving change, would otherwise repeat it).
+_PERIODIC_MIN_GAP_MS = const(12 * 3_600_000)
 _SMALL = const(0x3FFFFFFF)
 
 # Stream record fields (a list per running bolus).
@@ -118,6 +121,7 @@ class Engine:
         self._patient_starts = []  # absolute ms of granted patient boluses, newest last
         self._regimes = []  # (ended at ms, daily ng) of programmes of the last 24 h
         self._primes = []  # (started at ms, dose ng) of priming boluses of the last 24 h
+        self._periodic_at = {}  # periodic bolus start minute: engine ms it last started
         # Time of day: the schedule runs on (engine time + _off) mod 24 h, so setting the clock
         # moves the schedule and never the engine's own time, which the limiter counts in.
         self._off = 0
@@ -434,8 +438,15 @@ class Engine:
 
     def _start_due_periodic(self):
         # A programme started exactly at a periodic bolus time starts that bolus now.
+        now = self.now_ms()
         for start, dose, dur_s in self.rx.periodic:
             if self._at(start) == self._t:
+                last = self._periodic_at.get(start, -L.DAY_MS)
+                if now - last < _PERIODIC_MIN_GAP_MS:
+                    # The clock was set back over this bolus's time: it has had its dose.
+                    self.log("periodic_skipped", dose, now - last)
+                    continue
+                self._periodic_at[start] = now
                 self._add_stream(K_PERIODIC, dose * _RUMS_PER_NG, dose, dur_s * 1000)
 
     def set_limits(self, lim):
@@ -712,10 +723,12 @@ class Engine:
         """The clock is not trusted (lost at a power cut). The programme's rate at the last
         known time of day is held, with no steps or periodic boluses, until it is set."""
         self._begin()
+        if self.clock_set or self.mode != MODE_PROGRAM:
+            # Lost again before it was set: the rate held since the first loss stays.
+            self._hold = -1
+            if self.mode == MODE_PROGRAM:
+                self._hold = self.rx.step_rate_at(self._sched_t() // L.MIN_MS)
         self.clock_set = False
-        self._hold = -1
-        if self.mode == MODE_PROGRAM:
-            self._hold = self.rx.step_rate_at(self._sched_t() // L.MIN_MS)
         self.log("clock_lost", self._hold)
         self._resegment()
 
@@ -729,12 +742,13 @@ class Engine:
                 1 if self.fault else 0, self._needed(), [list(s) for s in self._streams],
                 list(self._patient_starts), [list(r) for r in self._regimes],
                 [list(p) for p in self._primes], self._off, 1 if self.clock_set else 0,
-                self._hold, self.lim.as_tuple()]  # fmt: skip
+                self._hold, self.lim.as_tuple(),
+                sorted([k, v] for k, v in self._periodic_at.items())]  # fmt: skip
 
     def restore(self, s):
         """Go on from a state() list (the limiter is restored separately)."""
         (mode, rx, conc, nxt, bridge_left, bridged, day, t, delivered, fault, y, streams,
-         starts, regimes, primes, off, clock_set, hold, lim) = s  # fmt: skip
+         starts, regimes, primes, off, clock_set, hold, lim, periodic_at) = s  # fmt: skip
         if lim != list(self.lim.as_tuple()):
             raise ValueError("stored limits differ from the limits given")
         if mode not in (MODE_STOPPED, MODE_PROGRAM, MODE_MINIMUM) or (mode == MODE_PROGRAM
@@ -764,6 +778,9 @@ class Engine:
         self._off = off
         self.clock_set = bool(clock_set)
         self._hold = hold
+        self._periodic_at = {}
+        for k, v in periodic_at:
+            self._periodic_at[k] = v
         self._resegment()
 
     # ---- read-only views ----

@@ -10,7 +10,7 @@ from pump import reservoir as RS
 from pump import rx as RX
 from pump import store as S
 from pump import supervisor as SV
-from pump.limiter import Limiter, project
+from pump.limiter import Limiter
 
 MAX_OUTAGE_MS = 366 * L.DAY_MS  # an RTC further ahead than this is not believed
 
@@ -87,9 +87,11 @@ class Storage:
         self.day = -1  # last wall day whose total is written
         self.commits = 0
 
-    def commit(self, sup, journal):
+    def commit(self, sup, journal, rtc_ms=None):
         """Write the pending events, then the state that follows from them; tell the supervisor
-        the next batch may go. A storage error keeps therapy going (see storage_failed)."""
+        the next batch may go. rtc_ms: the real-time clock's reading now, if it is running (a
+        restart measures its outage against it). A storage error keeps therapy going (see
+        storage_failed)."""
         try:
             day = sup.wall_ms() // L.DAY_MS
             if self.day >= 0 and day > self.day:
@@ -98,10 +100,10 @@ class Storage:
             self.day = day
             self.log.append(journal.pending)
             journal.pending = []
-            payload = C.encode([self.identity, self.log.seq, self.log.head, self.day,
+            payload = C.encode([self.identity, self.log.seq, self.log.head, self.day, rtc_ms,
                                 sup.snapshot()])  # fmt: skip
             self.state.save(payload)
-        except OSError as e:
+        except (OSError, ValueError) as e:
             # Nothing is dropped: unwritten events stay pending, and the log is re-read so
             # that sequence numbers carry on from what is really on flash.
             records, _problems = self.log.scan()
@@ -150,6 +152,16 @@ def clock_valid(rtc_wall_ms, last_wall_ms):
     return rtc_wall_ms is not None and last_wall_ms <= rtc_wall_ms <= last_wall_ms + MAX_OUTAGE_MS
 
 
+def outage(rtc_now_ms, rtc_saved_ms, wall_saved_ms):
+    """Time since the save by the RTC, or None if it cannot be trusted. Measured against the
+    RTC's own reading at the save when there is one, so the drift between the RTC and the
+    pump's time since the clock was set does not count."""
+    ref = wall_saved_ms if rtc_saved_ms is None else rtc_saved_ms
+    if not clock_valid(rtc_now_ms, ref):
+        return None
+    return rtc_now_ms - ref
+
+
 class Boot:
     """The outcome of a boot: the supervisor to run, where its state came from, and what the
     self test found."""
@@ -162,23 +174,24 @@ class Boot:
 
 
 def _restore(plant, journal, payload, identity):
-    ident, log_seq, log_head, day, st = C.decode(payload)
+    ident, log_seq, log_head, day, rtc, st = C.decode(payload)
     if ident != identity:
         raise ValueError("state was saved for other hardware or calibration")
     eng_s, res_s = st[0], st[2]
     # Limits, strength and fill come from the record; the parts' restore() sets every field.
     sup = plant.build(eng_s[18], eng_s[2], res_s[3], res_s[1], journal, st)
-    return sup, log_seq, log_head, day
+    return sup, log_seq, log_head, day, rtc
 
 
-def recover(fs, plant, shell_now_ms, rtc_wall_ms, hw_cause, first_boot):
+def recover(fs, plant, shell_now_ms, rtc_wall_ms, hw_cause, first_boot, seg_bytes=8192,
+            max_segments=16):  # fmt: skip
     """Power-on self test and recovery. Returns (Boot, Storage, Journal).
 
     first_boot: (limits, conc, low_nl), the commissioning settings. A pump whose flash holds
     nothing starts from them, stopped. A pump whose state is lost starts from them only if the
     log holds no programme either, and then stopped, with the high-priority alarm."""
     journal = Journal()
-    store = Storage(fs, plant.identity())
+    store = Storage(fs, plant.identity(), seg_bytes, max_segments)
     cause = reset_cause(store.take_marker(), hw_cause)
     store.clean_tmp()
     problems = []
@@ -193,8 +206,10 @@ def recover(fs, plant, shell_now_ms, rtc_wall_ms, hw_cause, first_boot):
     source = None
     for seq, payload, name in good:
         try:
-            sup, log_seq, log_head, day = _restore(plant, journal, payload, plant.identity())
-        except (ValueError, TypeError, C.FormatError) as e:
+            sup, log_seq, log_head, day, saved_rtc = _restore(plant, journal, payload,
+                                                              plant.identity())  # fmt: skip
+        except Exception as e:  # noqa: BLE001 - any malformed record: try the other copy
+
             problems.append("state copy %s: %s" % (name, e))
             journal.pending = []
             continue
@@ -204,16 +219,13 @@ def recover(fs, plant, shell_now_ms, rtc_wall_ms, hw_cause, first_boot):
         source = name
         break
     if sup is not None:
-        last_wall = sup.wall_ms()
-        wall = rtc_wall_ms if clock_valid(rtc_wall_ms, last_wall) else None
         sup.log("reset", cause, source, store.state.seq)
-        sup.resume(shell_now_ms, wall, plant.settings.batch_pulses)
+        sup.resume(shell_now_ms, outage(rtc_wall_ms, saved_rtc, sup._last + sup.wall_off_ms),
+                   plant.settings.batch_pulses)  # fmt: skip
     else:
         problems.extend(store.log.verify(records, log_problems))
         damaged = [n for n in bad if bad[n] != "missing"]
-        # No state was ever saved and no programme ever ran: a new pump, or one whose first
-        # commit was cut after its log write. Nothing is lost by starting it anew.
-        if not good and not damaged and _last(records, ("program",)) is None:
+        if not good and not damaged and _never_saved(records):
             sup = _new(plant, journal, first_boot, shell_now_ms, rtc_wall_ms)
             source = "new"
             sup.log("reset", cause, source, 0)
@@ -260,27 +272,51 @@ def _stopped(plant, journal, first_boot, shell_now_ms):
     return sup
 
 
+def _never_saved(records):
+    # A new pump, or one whose first commits were cut after their log writes: the log is
+    # whole from record 1, no programme ever ran, and every boot in it found a new pump.
+    # Nothing is lost by starting it anew.
+    if not records:
+        return True
+    if records[0][0] != 1:
+        return False
+    for _seq, _h, value, _n in records:
+        if value[2] == "program" or (value[2] == "reset" and value[3][1] != "new"):
+            return False
+    return True
+
+
 def _last(records, names):
-    for _seq, _h, value, _n in reversed(records):
+    """The last record named one of names: (seq, value), or (0, None)."""
+    for seq, _h, value, _n in reversed(records):
         if value[2] in names:
-            return value
-    return None
+            return seq, value
+    return 0, None
 
 
 def _from_log(plant, journal, records, shell_now_ms, rtc_wall_ms):
     """Both state copies are lost: go on with the last programme the log recorded, treating
     everything the log cannot tell conservatively (docs/storage.md, "Recovery")."""
-    lim_rec = _last(records, ("limits", "commissioned"))
-    rx_rec = _last(records, ("program", "mode"))
-    if lim_rec is None or rx_rec is None or rx_rec[2] != "program":
+    _s, lim_rec = _last(records, ("limits", "commissioned"))
+    rx_seq, rx_rec = _last(records, ("program", "mode"))
+    block_seq, block = _last(records, ("limiter_block", "fault_cleared"))
+    if lim_rec is None or rx_rec is None:
         return None
+    if block is not None and block[2] == "limiter_block":
+        return None  # stopped for an overdose risk: it stays stopped
     lim = lim_rec[3][1] if lim_rec[2] == "limits" else lim_rec[3][0]
-    rx = RX.Prescription(*rx_rec[3][1])
-    strength = _last(records, ("bridge_start",))
-    if strength is not None and strength[1] > rx_rec[1] and strength[3][1] != rx.conc_ug_per_ml:
+    minimum = rx_rec[2] == "mode" and rx_rec[3][1] == E.MODE_MINIMUM
+    if rx_rec[2] == "mode" and not minimum:
+        return None
+    prog_seq, prog = _last(records, ("program",))
+    if prog is None:
+        return None
+    rx = RX.Prescription(*prog[3][1])
+    st_seq, strength = _last(records, ("bridge_start",))
+    if strength is not None and st_seq > prog_seq and strength[3][1] != rx.conc_ug_per_ml:
         rx = rx.with_concentration(strength[3][1])
-    low = _last(records, ("low_threshold",))
-    com = _last(records, ("commissioned",))
+    _s, low = _last(records, ("low_threshold",))
+    _s, com = _last(records, ("commissioned",))
     low_nl = low[3][1] if low is not None else (com[3][2] if com is not None else 0)
     try:
         # The reservoir is unknown: it is taken as empty (the alarm asks for a refill, and
@@ -295,11 +331,26 @@ def _from_log(plant, journal, records, shell_now_ms, rtc_wall_ms):
     sup.set_clock(last_wall if wall is None else wall)
     if sup.program(rx, confirm=True) is not None:
         return None
-    # The limiter's window is lost too: count one day of this programme, and every bolus the
-    # log granted in the last 24 h, as delivered just now.
+    if minimum and sup.set_mode(E.MODE_MINIMUM) is not None:
+        return None
+    # The replay counters never go back: the highest value the log saw for each.
+    for _seq, _h, value, _n in records:
+        if value[2] == "counter":
+            name, v = value[3]
+            if v > sup.counters.get(name, 0):
+                sup.counters[name] = v
+    # The limiter's window is lost too. Counted as delivered over the last day: the highest
+    # daily dose of any programme the log shows, spread evenly, and every bolus it granted in
+    # the last 24 h, in the newest minute.
     eng = sup.engine
-    past = project(rx, 0, eng.schedule_tod_ms() // L.MIN_MS)[: L.MINUTES_PER_DAY]
-    past.reverse()
+    daily = RX.daily_dose_ng(rx)
+    for _seq, _h, value, _n in records:
+        if value[2] == "program" and (wall is None or value[1] > wall - L.DAY_MS):
+            for key in value[3]:
+                if key is not None:
+                    daily = max(daily, RX.daily_dose_ng(RX.Prescription(*key)))
+    per_min = -(-daily // L.MINUTES_PER_DAY)
+    past = [per_min] * L.MINUTES_PER_DAY
     for _seq, _h, value, _n in records:
         if value[2] == "bolus_start" and (wall is None or value[1] > wall - L.DAY_MS):
             past[0] += value[3][1]

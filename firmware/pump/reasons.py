@@ -28,6 +28,7 @@ STEP_ORDER = const(22)  # a refill step out of its order
 OVER_CAPACITY = const(23)  # more than the reservoir holds
 CLOCK_UNSET = const(24)  # the clock was lost: set it before changing the schedule
 NO_STAGED = const(25)  # nothing staged to commit, or it no longer matches
+STORAGE_FAILED = const(26)  # saving state fails: nothing new is accepted that could be lost
 
 NAMES = {
     BELOW_MIN: "below minimum",
@@ -55,6 +56,7 @@ NAMES = {
     OVER_CAPACITY: "more than the reservoir holds",
     CLOCK_UNSET: "the clock must be set first",
     NO_STAGED: "no staged programme to commit",
+    STORAGE_FAILED: "the pump cannot save its state",
 }
 
 

@@ -10,6 +10,13 @@ from pump import reservoir as RS
 from pump import rx as RX
 from pump.reasons import Refusal
 
+_MAX_STORED = 1 << 62  # counters and clock values beyond this could not be stored
+# After a restart, pulses due up to this long after the trusted clock's "now" stay uncertain:
+# 5 s, plus 200 ppm of the time since the save (crystal drift between the clock and the pump's
+# own time).
+DRIFT_MS = 5_000
+DRIFT_PPM_DIV = 5_000
+
 
 def _nolog(*_args):
     pass
@@ -122,8 +129,9 @@ class Supervisor:
         self.wall_off_ms = 0  # wall-clock ms (local time) at engine time 0
         self._fired = 0  # pulses fired since the last checkpoint
         self._held = False  # stopped before a pulse until a checkpoint is saved
-        self._ckpt_at = engine.now_ms()
+        self._ckpt_due_at = engine.now_ms() + settings.checkpoint_ms
         self._uncertain = 0  # next pulses that may have gone out before a power cut
+        self._uncertain_until = 0  # ... if due no later than this
         self.storage_ok = True
         now = engine.now_ms()
         # A reservoir that starts low or empty never crosses its threshold: say so now.
@@ -208,6 +216,8 @@ class Supervisor:
         # ints) it makes no long ints: nothing here allocates unless something goes wrong.
         eng = self.engine
         done = 0
+        if self._held:
+            return 0  # a request or a batch waits for its checkpoint to be saved
         while True:
             lag = (day - eng.day) * L.DAY_MS + tod - eng.tod_ms() - eng.wait_ms()
             if lag < 0:
@@ -230,10 +240,12 @@ class Supervisor:
     def _pulse(self, lag, mech):
         # lag: how long ago this pulse was due.
         if self._uncertain:
-            # It may have gone out before the power cut: count it, do not send it again.
-            self._uncertain -= 1
-            self._assume_delivered()
-            return 0
+            if self.engine.now_ms() <= self._uncertain_until:
+                # It may have gone out before the power cut: count it, do not send it again.
+                self._uncertain -= 1
+                self._assume_delivered()
+                return 0
+            self._uncertain = 0  # due after anything that could have gone out before the cut
         if lag > self.settings.late_ms:
             # Delivering every overdue pulse at once would be a bolus nobody ordered.
             self._late += 1
@@ -407,31 +419,48 @@ class Supervisor:
     def _after(self, refusal):
         if refusal is None:
             self.forecast()
+            self._changed()
         return refusal
 
+    def _changed(self):
+        # Delivery waits until the state this request made is saved: a power cut must not lose
+        # a change whose pulses already went out.
+        if self.settings.batch_pulses and self.storage_ok:
+            self._held = True
+
+    def _storage_refusal(self, request):
+        # While nothing can be saved, a change would be lost at the next power cut, silently:
+        # it is refused instead. Therapy already running goes on.
+        if self.storage_ok:
+            return None
+        return self._refused(request, R.STORAGE_FAILED, "storage")
+
     def program(self, rx, confirm=False):
-        return self._after(self.engine.program(rx, confirm))
+        return self._storage_refusal("program") or self._after(self.engine.program(rx, confirm))
 
     def set_mode(self, mode):
+        # Allowed even when storage fails: stopping or the minimum rate is a safety action.
         return self._after(self.engine.set_mode(mode))
 
     def set_limits(self, lim):
-        return self.engine.set_limits(lim)
+        return self._storage_refusal("set_limits") or self._after(self.engine.set_limits(lim))
 
     def clinician_bolus(self, dose_ng, duration_s):
-        return self._after(self.engine.clinician_bolus(dose_ng, duration_s))
+        return self._storage_refusal("clinician_bolus") or self._after(
+            self.engine.clinician_bolus(dose_ng, duration_s))  # fmt: skip
 
     def patient_bolus(self):
-        return self._after(self.engine.patient_bolus())
+        return self._storage_refusal("patient_bolus") or self._after(self.engine.patient_bolus())
 
     def prime(self, volume_nl):
-        return self._after(self.engine.prime(volume_nl))
+        return self._storage_refusal("prime") or self._after(self.engine.prime(volume_nl))
 
     def clear_fault(self):
         r = self.engine.clear_fault()
         if r is None:
             self.alarms.condition(A.LIMITER_BLOCK, False, self.now_ms())
             self.forecast()
+            self._changed()
         return r
 
     # ---- requests of the supervisor itself ----
@@ -441,6 +470,9 @@ class Supervisor:
         return Refusal(code, field)
 
     def set_low_threshold(self, low_nl):
+        bad = self._storage_refusal("set_low_threshold")
+        if bad:
+            return bad
         bad = RX.check_range(low_nl, 0, self.reservoir.capacity_nl, "low_nl")
         if bad:
             return self._refused("set_low_threshold", bad.code, bad.field)
@@ -474,6 +506,9 @@ class Supervisor:
     def refill_begin(self, withdrawn_nl):
         """Step 1: the volume the clinician withdrew, compared with the expected residual.
         Returns None or a Refusal; refill_status() then shows the comparison."""
+        bad = self._storage_refusal("refill_begin")
+        if bad:
+            return bad
         if self._refill is not None:
             return self._refused("refill_begin", R.STEP_ORDER, "refill")
         bad = RX.check_range(withdrawn_nl, 0, self.reservoir.capacity_nl, "withdrawn_nl")
@@ -537,6 +572,7 @@ class Supervisor:
         self.alarms.condition(A.RES_LOW, self.reservoir.is_low(), now)
         self.alarms.condition(A.REFILL_DUE, False, now)
         self.forecast()
+        self._changed()
         return None
 
     def refill_abandon(self):
@@ -567,6 +603,9 @@ class Supervisor:
     def stage(self, rx, confirm=False):
         """Validate rx as program() would, without applying it. The programmer shows it beside
         the running one; commit_staged() applies it. Staging again replaces it."""
+        bad = self._storage_refusal("stage")
+        if bad:
+            return bad
         bad = self.engine.program_refusal(rx, confirm)
         if bad:
             return self._refused("stage", bad.code, bad.field)
@@ -588,10 +627,16 @@ class Supervisor:
     def use_counter(self, name, value):
         """Accept value for counter name only if it is above every value used before. The
         shell saves a checkpoint before acting on the command, so no reboot reopens it."""
-        if not isinstance(value, int) or value <= self.counters.get(name, 0):
+        bad = self._storage_refusal("counter")
+        if bad:
+            return bad
+        if not isinstance(value, int) or value >= _MAX_STORED:
+            return self._refused("counter", R.ABOVE_MAX, name)
+        if value <= self.counters.get(name, 0):
             return self._refused("counter", R.ALREADY_DONE, name)
         self.counters[name] = value
         self.log("counter", name, value)
+        self._changed()
         return None
 
     # ---- the clock ----
@@ -603,8 +648,13 @@ class Supervisor:
     def set_clock(self, wall_ms):
         """Set the wall clock. Delivery's own time runs on; the schedule follows the new time
         of day (see Engine.set_time_of_day). Ends the clock alarm's condition."""
+        bad = self._storage_refusal("set_clock")
+        if bad:
+            return bad
         if not isinstance(wall_ms, int) or wall_ms < 0:
             return self._refused("set_clock", R.BELOW_MIN, "wall_ms")
+        if wall_ms >= _MAX_STORED:
+            return self._refused("set_clock", R.ABOVE_MAX, "wall_ms")
         bad = self.engine.set_time_of_day(wall_ms % L.DAY_MS)
         if bad:
             return bad
@@ -613,20 +663,23 @@ class Supervisor:
         self.log("wall_clock", old, wall_ms)
         self.alarms.condition(A.CLOCK, False, self.now_ms())
         self.forecast()
+        self._changed()
         return None
 
     # ---- checkpoints (the shell saves snapshot() when checkpoint_due() says so) ----
 
     def checkpoint_due(self):
+        # A comparison, not a difference: absolute ms are long ints on the ESP32 after 12 days,
+        # and comparing them allocates nothing.
         if self._held:
             return True
-        return self._fired > 0 and self._last - self._ckpt_at >= self.settings.checkpoint_ms
+        return self._fired > 0 and self._last >= self._ckpt_due_at
 
     def checkpointed(self):
         """The shell has saved snapshot() as of now: the next batch of pulses may go out."""
         self._fired = 0
         self._held = False
-        self._ckpt_at = self._last
+        self._ckpt_due_at = self._last + self.settings.checkpoint_ms
 
     def storage_failed(self, why):
         """Saving failed. Stopping would be worse (withdrawal): therapy goes on without the
@@ -655,7 +708,7 @@ class Supervisor:
                 self.battery.snapshot(), self.alarms.snapshot(),
                 [self._fails, 1 if self._stalled else 0, self._backoff, self._retry_at,
                  self._stall_lost, self.undelivered_pulses, self.failed_pulses, self._pulse_day,
-                 self._pulse_tod, self._uncertain, self.moved_pulses],
+                 self._pulse_tod, self._uncertain, self.moved_pulses, self._last],
                 refill, list(self.settings.as_tuple()),
                 None if self.staged is None else self.staged.key(),
                 sorted([k, v] for k, v in self.counters.items()), self.wall_off_ms]  # fmt: skip
@@ -668,7 +721,7 @@ class Supervisor:
             raise ValueError("stored settings differ from the settings given")
         (self._fails, stalled, self._backoff, self._retry_at, self._stall_lost,
          self.undelivered_pulses, self.failed_pulses, self._pulse_day, self._pulse_tod,
-         self._uncertain, self.moved_pulses) = own  # fmt: skip
+         self._uncertain, self.moved_pulses, last) = own  # fmt: skip
         self._stalled = bool(stalled)
         self._refill = None
         if refill is not None:
@@ -680,21 +733,25 @@ class Supervisor:
         for k, v in counters:
             self.counters[k] = v
         self.wall_off_ms = wall_off
-        self._last = self.engine.now_ms()
-        self._ckpt_at = self._last
+        # The shell's time at the save, which a batch waiting for it may have left ahead of
+        # the engine: an outage is counted from there.
+        self._last = last if last >= self.engine.now_ms() else self.engine.now_ms()
+        self._ckpt_due_at = self._last + self.settings.checkpoint_ms
         self.forecast()
 
-    def resume(self, shell_now_ms, wall_now_ms, uncertain_pulses):
-        """Go on after a restart from a saved state. wall_now_ms is the wall clock if it is
-        trusted, else None. Up to uncertain_pulses pulses after the checkpoint may have gone
-        out before the power failed (the batch bound): they are counted as delivered and never
-        sent again. The rest of the outage is skipped, not made up."""
+    def resume(self, shell_now_ms, outage_ms, uncertain_pulses):
+        """Go on after a restart from a saved state. outage_ms: the time since the save, by a
+        trusted clock, or None if there is none. Up to uncertain_pulses pulses after the save
+        may have gone out before the power failed (the batch bound): they are counted as
+        delivered and never sent again. The rest of the outage is skipped, not made up."""
         eng = self.engine
         start = eng.now_ms()
         self._uncertain = uncertain_pulses
         lost = 0
-        if wall_now_ms is not None and wall_now_ms - self.wall_off_ms >= start:
-            target = wall_now_ms - self.wall_off_ms
+        if outage_ms is not None:
+            target = self._last + outage_ms
+            if target < start:
+                target = start
             while eng.next_due_ms() <= target:
                 ev = eng.fire()
                 if ev == E.EV_PULSE:
@@ -708,16 +765,19 @@ class Supervisor:
                     self.alarms.condition(A.LIMITER_BLOCK, True, eng.now_ms())
             eng.run_until(target)
             assumed = uncertain_pulses - self._uncertain
-            self._uncertain = 0  # later pulses were not yet due when the power failed
+            # Pulses due a little after the clock says now may still have gone out, if the
+            # clock ran slow against the pump's own: they stay uncertain for a drift allowance.
+            self._uncertain_until = target + DRIFT_MS + (target - start) // DRIFT_PPM_DIV
         else:
             # The outage's length is unknown: go on as if it were none, and hold the rate.
             target = start
             assumed = uncertain_pulses
+            self._uncertain_until = 1 << 62
             eng.clock_lost()
             self.alarms.condition(A.CLOCK, True, start)
         self._offset = target - shell_now_ms
         self._last = target
-        self._ckpt_at = target
+        self._ckpt_due_at = target + self.settings.checkpoint_ms
         self._fired = 0
         self._held = False
         self.log("resume", target - start, assumed, lost)
