@@ -125,7 +125,15 @@ def main(argv=None):
         v = metrics[k]
         print("  %-44s %r" % (k, v))  # repr: 0.99999999 must not print as 1
     print("wrote %s in %.0f s" % (OUT.relative_to(ROOT), time.perf_counter() - t0))
+    # The figures are written either way; a broken invariant also fails the command.
+    broken = [k for k in MUST_BE_ZERO if metrics.get(k)]
+    for k in broken:
+        print("bench: %s is %r; it must be 0." % (k, metrics[k]))
+    return 1 if broken else 0
 
+
+MUST_BE_ZERO = ("dosing.alloc_bytes_per_pulse_micropython", "battery.false_alarms",
+                "storage.recovery_failures", "storage.random_reset_failures")  # fmt: skip
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
