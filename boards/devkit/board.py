@@ -36,3 +36,6 @@ ENERGY = battery.Energy(quiescent_ua=40_000, pulse_nc=2_000_000, radio_ua=100_00
 MOTOR_CURRENT_MA = 300
 # 100k/100k divider: 4.2 V at the cell is 2.1 V at the pin, inside the 11 dB range.
 ADC_CAL = battery.AdcCal(2, 1)
+
+# At most this many pulses go out after a saved checkpoint (docs/storage.md).
+CHECKPOINT_BATCH_PULSES = 32

@@ -62,3 +62,8 @@ def calibration():
     return calib.from_geometry(
         SYRINGE_BORE_UM, LEAD_PITCH_UM, STEPS_PER_REV, MICROSTEPS, USTEPS_PER_PULSE
     )
+
+# At most this many pulses go out after a saved checkpoint (docs/storage.md): one batch of
+# 660 nL pulses is 21 uL, the most the accounting can be unsure of after a power cut. `make
+# bench` measures the saves a day and the flash erases they cost (storage.*).
+CHECKPOINT_BATCH_PULSES = 32

@@ -199,7 +199,14 @@ def recover(fs, plant, shell_now_ms, rtc_wall_ms, hw_cause, first_boot, seg_byte
     for name in sorted(bad):
         if bad[name] != "missing":
             problems.append("state copy %s: %s" % (name, bad[name]))
-    records, log_problems = store.log.scan()
+    heads = []
+    for _seq, payload, _name in good:
+        try:
+            heads.append(C.decode(payload)[1])
+        except C.FormatError:
+            pass
+    digest = _LogDigest()
+    records, log_problems = store.log.scan(digest, heads)
     store.log.resume(records)
     store.days.read()
     sup = None
@@ -230,7 +237,7 @@ def recover(fs, plant, shell_now_ms, rtc_wall_ms, hw_cause, first_boot, seg_byte
             source = "new"
             sup.log("reset", cause, source, 0)
         else:
-            sup = _from_log(plant, journal, records, shell_now_ms, rtc_wall_ms)
+            sup = _from_log(plant, journal, records, digest, shell_now_ms, rtc_wall_ms)
             source = "log" if sup is not None else "none"
             if sup is None:
                 sup = _stopped(plant, journal, first_boot, shell_now_ms)
@@ -272,6 +279,33 @@ def _stopped(plant, journal, first_boot, shell_now_ms):
     return sup
 
 
+class _LogDigest:
+    """What the boot path needs from the log, gathered while it is scanned, so that only a
+    few records stay in RAM: the rare ones by name, the highest value of each replay counter,
+    and the boluses of the last 24 h."""
+
+    RARE = ("program", "mode", "limits", "commissioned", "limiter_block", "fault_cleared",
+            "bridge_start", "low_threshold", "reset")  # fmt: skip
+
+    def __init__(self):
+        self.counters = {}
+        self.boluses = []  # (wall ms, dose ng) of bolus_start records within 24 h of the last
+
+    def __call__(self, value):
+        name = value[2]
+        if name == "counter":
+            key, v = value[3]
+            if v > self.counters.get(key, 0):
+                self.counters[key] = v
+            return False
+        if name == "bolus_start":
+            wall = value[1]
+            self.boluses = [b for b in self.boluses if b[0] > wall - L.DAY_MS]
+            self.boluses.append((wall, value[3][1]))
+            return False
+        return name in self.RARE
+
+
 def _never_saved(records):
     # A new pump, or one whose first commits were cut after their log writes: the log is
     # whole from record 1, no programme ever ran, and every boot in it found a new pump.
@@ -294,7 +328,7 @@ def _last(records, names):
     return 0, None
 
 
-def _from_log(plant, journal, records, shell_now_ms, rtc_wall_ms):
+def _from_log(plant, journal, records, digest, shell_now_ms, rtc_wall_ms):
     """Both state copies are lost: go on with the last programme the log recorded, treating
     everything the log cannot tell conservatively (docs/storage.md, "Recovery")."""
     _s, lim_rec = _last(records, ("limits", "commissioned"))
@@ -334,11 +368,8 @@ def _from_log(plant, journal, records, shell_now_ms, rtc_wall_ms):
     if minimum and sup.set_mode(E.MODE_MINIMUM) is not None:
         return None
     # The replay counters never go back: the highest value the log saw for each.
-    for _seq, _h, value, _n in records:
-        if value[2] == "counter":
-            name, v = value[3]
-            if v > sup.counters.get(name, 0):
-                sup.counters[name] = v
+    for name in digest.counters:
+        sup.counters[name] = digest.counters[name]
     # The limiter's window is lost too. Counted as delivered over the last day: the highest
     # daily dose of any programme the log shows, spread evenly, and every bolus it granted in
     # the last 24 h, in the newest minute.
@@ -351,9 +382,9 @@ def _from_log(plant, journal, records, shell_now_ms, rtc_wall_ms):
                     daily = max(daily, RX.daily_dose_ng(RX.Prescription(*key)))
     per_min = -(-daily // L.MINUTES_PER_DAY)
     past = [per_min] * L.MINUTES_PER_DAY
-    for _seq, _h, value, _n in records:
-        if value[2] == "bolus_start" and (wall is None or value[1] > wall - L.DAY_MS):
-            past[0] += value[3][1]
+    for at, dose in digest.boluses:
+        if wall is None or at > wall - L.DAY_MS:
+            past[0] += dose
     eng.limiter.preload(eng.day, eng.tod_ms(), past)
     sup._offset = eng.now_ms() - shell_now_ms
     if wall is None:

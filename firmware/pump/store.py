@@ -123,11 +123,17 @@ class EventLog:
         names.sort()
         return [LOG_DIR + "/" + n for n in names]
 
-    def scan(self):
+    def scan(self, keep=None, remember=()):
         """Read every segment: (records, problems). records: [(seq, hash, value, raw_len)] in
-        order; problems: phrases for each break in the chain, CRC or sequence."""
+        order; problems: phrases for each break in the chain, CRC or sequence.
+
+        keep(value) -> bool, if given, chooses the records to return (the first, the last and
+        every log_rotated record are always returned): a full log does not fit in a board's
+        RAM. The hashes of the sequence numbers in remember are kept in self.remembered."""
         records = []
         problems = []
+        self.remembered = {}
+        last = None
         prev_hash = None
         prev_seq = None
         for path in self.segments():
@@ -157,8 +163,15 @@ class EventLog:
                         problems.append("hash chain broken at %d" % seq)
                 prev_hash = chain_hash(raw)
                 prev_seq = seq
-                records.append((seq, prev_hash, value, n))
+                last = (seq, prev_hash, value, n)
+                if seq in remember:
+                    self.remembered[seq] = prev_hash
+                if keep is None or not records or value[2] == "log_rotated" or keep(value):
+                    records.append(last)
+                    last = None
                 at += n
+        if last is not None:
+            records.append(last)
         return records, problems
 
     def verify(self, records, problems, expect_seq=None, expect_head=None):
@@ -176,12 +189,15 @@ class EventLog:
                     out.append("the oldest record %d links to nothing recorded" % first_seq)
         if expect_seq:
             last = records[-1][0] if records else 0
+            seen = getattr(self, "remembered", {})
             if last < expect_seq:
                 out.append("log ends at %d, the state recorded %d" % (last, expect_seq))
             else:
                 for r in records:
                     if r[0] == expect_seq and r[1] != expect_head:
                         out.append("record %d is not the one the state recorded" % expect_seq)
+                if expect_seq in seen and seen[expect_seq] != expect_head:
+                    out.append("record %d is not the one the state recorded" % expect_seq)
         return out
 
     def resume(self, records):
