@@ -1022,7 +1022,7 @@ def test_a_slow_rtc_at_restart_sends_nothing_twice():
 
 
 @pytest.mark.req("SR-46")
-def test_a_running_pump_whose_programme_record_rotated_out_is_not_taken_for_new():
+def test_a_pump_whose_programme_record_rotated_out_runs_it_from_the_log():
     fl, fs, pl, rig = commissioned()
     rig.run(4 * HOUR)
     store = rig.store
@@ -1035,7 +1035,10 @@ def test_a_running_pump_whose_programme_record_rotated_out_is_not_taken_for_new(
     fs.remove("/state/state.a")
     fs.remove("/state/state.b")
     b, rig2 = boot(cycle(fl), pl, shell_now=0, rtc=rig.sup.wall_ms())
-    assert b.source != "new"
+    # Not new: the programme goes on, restated by the segment_start record of a segment
+    # that rotation kept, and the loss of the state is announced.
+    assert b.source == "log" and rig2.sup.engine.rx == DEMO
+    assert rig2.sup.engine.mode == E.MODE_PROGRAM
     a = latched(rig2.sup, A.SELF_TEST)
     assert a is not None and not a[4]
 

@@ -95,9 +95,10 @@ class Storage:
         try:
             day = sup.wall_ms() // L.DAY_MS
             if self.day >= 0 and day > self.day:
-                self.days.append([[self.day, sup.moved_pulses, sup.engine.delivered,
-                                   sup.reservoir.remaining_nl()]])  # fmt: skip
+                self.days.append(self.day, [sup.moved_pulses, sup.engine.delivered,
+                                            sup.reservoir.remaining_nl()])  # fmt: skip
             self.day = day
+            self.log.anchor = lambda: anchor(sup)
             self.log.append(journal.pending)
             journal.pending = []
             payload = C.encode([self.identity, self.log.seq, self.log.head, self.day, rtc_ms,
@@ -208,7 +209,6 @@ def recover(fs, plant, shell_now_ms, rtc_wall_ms, hw_cause, first_boot, seg_byte
     digest = _LogDigest()
     records, log_problems = store.log.scan(digest, heads)
     store.log.resume(records)
-    store.days.read()
     sup = None
     source = None
     for seq, payload, name in good:
@@ -285,7 +285,7 @@ class _LogDigest:
     and the boluses of the last 24 h."""
 
     RARE = ("program", "mode", "limits", "commissioned", "limiter_block", "fault_cleared",
-            "bridge_start", "low_threshold", "reset")  # fmt: skip
+            "bridge_start", "low_threshold", "reset", "segment_start")  # fmt: skip
 
     def __init__(self):
         self.counters = {}
@@ -306,6 +306,47 @@ class _LogDigest:
         return name in self.RARE
 
 
+def _therapy_from_log(records):
+    """(mode, prescription, limits, low threshold, faulted) as the log's records leave them,
+    read in order; segment_start records restate them all, so rotation loses nothing."""
+    mode = E.MODE_STOPPED
+    rx = lim = None
+    low = 0
+    fault = False
+    for _seq, _h, value, _n in records:
+        name = value[2]
+        args = value[3]
+        if name == "commissioned":
+            lim, low = args[0], args[2]
+        elif name == "limits":
+            lim = args[1]
+        elif name == "program":
+            rx = RX.Prescription(*args[1])
+            mode = E.MODE_PROGRAM
+        elif name == "mode":
+            mode = args[1]
+        elif name == "bridge_start" and rx is not None:
+            rx = rx.with_concentration(args[1])
+        elif name == "low_threshold":
+            low = args[1]
+        elif name == "limiter_block":
+            fault = True
+        elif name == "fault_cleared":
+            fault = False
+        elif name == "segment_start":
+            mode, key, lim, fault = args[0], args[1], args[2], bool(args[3])
+            rx = None if key is None else RX.Prescription(*key)
+            low = args[4]
+    return mode, rx, lim, low, fault
+
+
+def anchor(sup):
+    """What a new log segment restates first: the therapy as it stands."""
+    eng = sup.engine
+    return [eng.mode, None if eng.rx is None else eng.rx.key(), list(eng.lim.as_tuple()),
+            1 if eng.fault else 0, sup.reservoir.low_nl]  # fmt: skip
+
+
 def _never_saved(records):
     # A new pump, or one whose first commits were cut after their log writes: the log is
     # whole from record 1, no programme ever ran, and every boot in it found a new pump.
@@ -320,38 +361,17 @@ def _never_saved(records):
     return True
 
 
-def _last(records, names):
-    """The last record named one of names: (seq, value), or (0, None)."""
-    for seq, _h, value, _n in reversed(records):
-        if value[2] in names:
-            return seq, value
-    return 0, None
-
-
 def _from_log(plant, journal, records, digest, shell_now_ms, rtc_wall_ms):
     """Both state copies are lost: go on with the last programme the log recorded, treating
     everything the log cannot tell conservatively (docs/storage.md, "Recovery")."""
-    _s, lim_rec = _last(records, ("limits", "commissioned"))
-    rx_seq, rx_rec = _last(records, ("program", "mode"))
-    block_seq, block = _last(records, ("limiter_block", "fault_cleared"))
-    if lim_rec is None or rx_rec is None:
+    t = _therapy_from_log(records)
+    if t is None:
         return None
-    if block is not None and block[2] == "limiter_block":
-        return None  # stopped for an overdose risk: it stays stopped
-    lim = lim_rec[3][1] if lim_rec[2] == "limits" else lim_rec[3][0]
-    minimum = rx_rec[2] == "mode" and rx_rec[3][1] == E.MODE_MINIMUM
-    if rx_rec[2] == "mode" and not minimum:
+    mode, rx, lim, low_nl, fault = t
+    if fault or mode == E.MODE_STOPPED or rx is None or lim is None:
+        # Stopped, or stopped for an overdose risk, or nothing to run: it stays stopped.
         return None
-    prog_seq, prog = _last(records, ("program",))
-    if prog is None:
-        return None
-    rx = RX.Prescription(*prog[3][1])
-    st_seq, strength = _last(records, ("bridge_start",))
-    if strength is not None and st_seq > prog_seq and strength[3][1] != rx.conc_ug_per_ml:
-        rx = rx.with_concentration(strength[3][1])
-    _s, low = _last(records, ("low_threshold",))
-    _s, com = _last(records, ("commissioned",))
-    low_nl = low[3][1] if low is not None else (com[3][2] if com is not None else 0)
+    minimum = mode == E.MODE_MINIMUM
     try:
         # The reservoir is unknown: it is taken as empty (the alarm asks for a refill, and
         # delivery goes on, as it does on any empty estimate).

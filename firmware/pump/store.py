@@ -117,6 +117,9 @@ class EventLog:
         self.head = ZERO_HASH  # its hash
         self._seg = None  # path of the segment being appended to
         self._seg_size = 0
+        # Returns the arguments of the segment_start record that opens each new segment (the
+        # therapy as it stands), so recovery from the log never depends on the oldest segment.
+        self.anchor = None
 
     def segments(self):
         names = [n for n in self.fs.listdir(LOG_DIR) if n.endswith(".seg")]
@@ -226,6 +229,8 @@ class EventLog:
                 self._rotate(wall_ms)
                 self._seg = _segment_name(self.seq + 1)
                 self._seg_size = 0
+                if self.anchor is not None:
+                    self._add(out, wall_ms, "segment_start", self.anchor())
             self._add(out, wall_ms, name, args)
         self._flush(out)
         return first, self.seq
@@ -273,11 +278,11 @@ def _last_record(buf):
 
 
 class DayTotals:
-    """One record per finished day, in a file of its own that rotation never touches."""
+    """One record per finished day, in a file of its own that rotation never touches. The
+    record's sequence number is the day's number, so appending needs no read of the file."""
 
     def __init__(self, fs):
         self.fs = fs
-        self.seq = 0
 
     def read(self):
         try:
@@ -293,18 +298,14 @@ class DayTotals:
                 break
             ver, kind, seq = C.header(buf, at)
             if kind == DAYS_KIND and ver == VERSION:
-                out.append(C.decode(bytes(buf[at + C.FRAME_LEN : at + n - C.CRC_LEN])))
-                self.seq = seq
+                row = C.decode(bytes(buf[at + C.FRAME_LEN : at + n - C.CRC_LEN]))
+                out.append([seq] + row)
             at += n
         return out
 
-    def append(self, rows):
-        out = bytearray()
-        for row in rows:
-            self.seq += 1
-            out.extend(C.frame(DAYS_KIND, VERSION, self.seq, C.encode(row)))
-        if out:
-            with self.fs.open(DAYS_FILE, "ab") as f:
-                f.write(out)
-                f.flush()
+    def append(self, day, row):
+        """Append the totals of wall-clock day `day` (days since 1970)."""
+        with self.fs.open(DAYS_FILE, "ab") as f:
+            f.write(C.frame(DAYS_KIND, VERSION, day, C.encode(row)))
+            f.flush()
 

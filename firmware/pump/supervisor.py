@@ -752,6 +752,9 @@ class Supervisor:
             target = self._last + outage_ms
             if target < start:
                 target = start
+            # The schedule's events of the outage follow (bolus starts and ends among them):
+            # they say what was due, not what was given; the resume record closes them.
+            self.log("outage_replay", start, target)
             while eng.next_due_ms() <= target:
                 ev = eng.fire()
                 if ev == E.EV_PULSE:
