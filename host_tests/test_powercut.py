@@ -37,6 +37,7 @@ def _first_hours_points(rec, hours):
     return [k for k in range(rec.commits[1].start_op + 1, rec.commits[last].end_op + 1)]
 
 
+@pytest.mark.req("SR-03", "SR-20", "SR-28", "SR-43", "SR-45")
 @pytest.mark.parametrize("part", range(CUT_PARTS))
 @pytest.mark.parametrize("torn", [False, True], ids=["clean", "torn"])
 def test_every_op_of_the_first_hours(torn, part):
@@ -47,6 +48,7 @@ def test_every_op_of_the_first_hours(torn, part):
     assert worst <= PC.BATCH
 
 
+@pytest.mark.req("SR-03", "SR-20", "SR-28", "SR-43", "SR-45")
 @pytest.mark.parametrize("torn", [False, True], ids=["clean", "torn"])
 def test_stride_over_seven_days(torn):
     rec = week()
@@ -82,6 +84,7 @@ def _programme_change_commit(rec):
     raise AssertionError("no programme change in the scenario")
 
 
+@pytest.mark.req("SR-03")
 def test_cut_anywhere_in_the_programme_change():
     rec = week()
     i = _programme_change_commit(rec)
@@ -103,6 +106,7 @@ def test_cut_anywhere_in_the_programme_change():
     assert seen == {rec.commits[i - 1].key, rec.commits[i].key}
 
 
+@pytest.mark.req("SR-28")
 def test_cut_anywhere_in_log_rotation():
     rec = rotating()
     assert len(rec.rotated) >= 2
@@ -112,6 +116,7 @@ def test_cut_anywhere_in_log_rotation():
     _assert_clean(n, failures)
 
 
+@pytest.mark.req("SR-20")
 def test_cut_in_first_commit():
     # The log may hold the commissioning records before any state is saved: a new pump again.
     rec = week()
@@ -119,6 +124,7 @@ def test_cut_in_first_commit():
     _assert_clean(n, failures)
 
 
+@pytest.mark.req("SR-20", "SR-43")
 def test_random_resets_over_thirty_days():
     resets, failures, worst, rig = PC.random_resets(50, days=30, blocks=BLOCKS, seed=4)
     assert resets == 50

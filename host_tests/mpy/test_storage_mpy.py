@@ -2,6 +2,7 @@
 # stride of op indices, recovered and checked (prescription, accounting, log, source). With the
 # argument `digest` it prints the files the uncut run leaves, for host_tests/test_powercut.py to
 # compare with the same script under CPython (state and log bytes identical in both runtimes).
+# req: SR-03, SR-20, SR-43
 
 import binascii
 import hashlib
