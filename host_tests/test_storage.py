@@ -1061,3 +1061,58 @@ def test_log_recovery_keeps_the_counters_and_a_limiter_stop():
         flip_byte(fs, path, 41)
     b, rig3 = boot(copy(fl), pl, shell_now=0, rtc=sup.wall_ms())
     assert b.source == "none" and rig3.sup.engine.mode == E.MODE_STOPPED
+
+
+@pytest.mark.req("SR-46")
+def test_log_recovery_keeps_the_minimum_rate_even_under_tightened_limits():
+    fl, fs, pl, rig = commissioned()
+    sup = rig.sup
+    assert sup.set_mode(E.MODE_MINIMUM) is None
+    rig.save()
+    # Limits the stored programme no longer fits: only the minimum rate runs now.
+    tight = L.ClinicianLimits(200_000, 50_000, 10_000_000, 30)
+    assert sup.set_limits(tight) is None
+    rig.run(HOUR)
+    store = rig.store
+    for path in (newest_copy(store), older_copy(store)):
+        flip_byte(fs, path, 40)
+    b, rig2 = boot(copy(fl), pl, shell_now=0, rtc=sup.wall_ms())
+    assert b.source == "log" and rig2.sup.engine.mode == E.MODE_MINIMUM
+    assert rig2.sup.engine.lim.as_tuple() == tight.as_tuple()
+
+
+def test_a_programme_change_at_the_bolus_time_still_gives_that_bolus():
+    rig = _memory_demo()
+    sup = rig.sup
+    seen = []
+    save = rig.save
+
+    def keep():
+        seen.extend(rig.journal.pending)
+        save()
+
+    rig.save = keep
+    rig.run(HOUR)  # 07:00:00.000, the periodic bolus has just started
+    assert sup.engine.streams() and sup.engine.streams()[0][0] == "periodic"
+    assert sup.program(DEMO, confirm=True) is None
+    assert sup.engine.streams() and sup.engine.streams()[0][0] == "periodic"
+    rig.run(2 * HOUR)
+    assert "periodic_skipped" not in names(seen + rig.journal.pending)
+
+
+@pytest.mark.req("SR-46")
+def test_counters_survive_rotation_through_segment_start_records():
+    fl, fs, pl, rig = commissioned()
+    sup = rig.sup
+    assert sup.use_counter("patient", 7) is None
+    rig.save()
+    store = rig.store
+    store.log.seg_bytes, store.log.max_segments = 600, 2
+    for _ in range(30):
+        assert sup.acknowledge(A.STALL) is not None
+        rig.save()
+    assert not any(r[2][2] == "counter" for r in S.EventLog(fs).scan()[0])
+    for path in (newest_copy(store), older_copy(store)):
+        flip_byte(fs, path, 40)
+    b, rig2 = boot(copy(fl), pl, shell_now=0, rtc=sup.wall_ms())
+    assert b.source == "log" and rig2.sup.counters.get("patient") == 7

@@ -396,6 +396,15 @@ class Engine:
             return None
         self._begin()
         self._cancel_streams((K_PERIODIC,))
+        # A periodic bolus cancelled at the instant it started was never given: the new
+        # programme's may start now. Entries past the guard's reach are dropped.
+        now = self.now_ms()
+        keep = {}
+        for k in self._periodic_at:
+            v = self._periodic_at[k]
+            if v != now and now - v < _PERIODIC_MIN_GAP_MS:
+                keep[k] = v
+        self._periodic_at = keep
         self._end_regime()
         old = self.rx
         self.rx = rx

@@ -13,6 +13,11 @@ from pump import supervisor as SV
 from pump.limiter import Limiter
 
 MAX_OUTAGE_MS = 366 * L.DAY_MS  # an RTC further ahead than this is not believed
+RETRY_MS = 60_000  # after a failed save, the next try waits this long
+
+
+def _nothing(_value):
+    return False
 
 
 class Journal:
@@ -86,12 +91,15 @@ class Storage:
         self.days = S.DayTotals(fs)
         self.day = -1  # last wall day whose total is written
         self.commits = 0
+        self._retry_at = 0
 
     def commit(self, sup, journal, rtc_ms=None):
         """Write the pending events, then the state that follows from them; tell the supervisor
         the next batch may go. rtc_ms: the real-time clock's reading now, if it is running (a
         restart measures its outage against it). A storage error keeps therapy going (see
         storage_failed)."""
+        if not sup.storage_ok and sup.now_ms() < self._retry_at:
+            return False
         try:
             day = sup.wall_ms() // L.DAY_MS
             if self.day >= 0 and day > self.day:
@@ -105,10 +113,15 @@ class Storage:
                                 sup.snapshot()])  # fmt: skip
             self.state.save(payload)
         except (OSError, ValueError) as e:
-            # Nothing is dropped: unwritten events stay pending, and the log is re-read so
-            # that sequence numbers carry on from what is really on flash.
-            records, _problems = self.log.scan()
-            self.log.resume(records)
+            # Nothing is dropped: unwritten events stay pending, and the log's end is re-read
+            # (only the last record kept in RAM) so that sequence numbers carry on from what is
+            # really on flash. The next try waits a minute.
+            self._retry_at = sup.now_ms() + RETRY_MS
+            try:
+                records, _problems = self.log.scan(_nothing)
+                self.log.resume(records)
+            except OSError:
+                pass
             sup.storage_failed(str(e))
             return False
         self.commits += 1
@@ -215,7 +228,8 @@ def recover(fs, plant, shell_now_ms, rtc_wall_ms, hw_cause, first_boot, seg_byte
         try:
             sup, log_seq, log_head, day, saved_rtc = _restore(plant, journal, payload,
                                                               plant.identity())  # fmt: skip
-        except Exception as e:  # noqa: BLE001 - any malformed record: try the other copy
+        except (ValueError, TypeError, IndexError, KeyError, AttributeError,
+                C.FormatError) as e:  # a malformed record: try the other copy (not MemoryError)
 
             problems.append("state copy %s: %s" % (name, e))
             journal.pending = []
@@ -232,7 +246,8 @@ def recover(fs, plant, shell_now_ms, rtc_wall_ms, hw_cause, first_boot, seg_byte
     else:
         problems.extend(store.log.verify(records, log_problems))
         damaged = [n for n in bad if bad[n] != "missing"]
-        if not good and not damaged and _never_saved(records):
+        # A counter in the log means a command was taken, so a state was saved once.
+        if not good and not damaged and not digest.counters and _never_saved(records):
             sup = _new(plant, journal, first_boot, shell_now_ms, rtc_wall_ms)
             source = "new"
             sup.log("reset", cause, source, 0)
@@ -294,10 +309,11 @@ class _LogDigest:
     def __call__(self, value):
         name = value[2]
         if name == "counter":
-            key, v = value[3]
-            if v > self.counters.get(key, 0):
-                self.counters[key] = v
+            self._count(value[3][0], value[3][1])
             return False
+        if name == "segment_start":
+            for key, v in value[3][6]:
+                self._count(key, v)
         if name == "bolus_start":
             wall = value[1]
             self.boluses = [b for b in self.boluses if b[0] > wall - L.DAY_MS]
@@ -305,28 +321,35 @@ class _LogDigest:
             return False
         return name in self.RARE
 
+    def _count(self, key, v):
+        if v > self.counters.get(key, 0):
+            self.counters[key] = v
+
 
 def _therapy_from_log(records):
     """(mode, prescription, limits, low threshold, faulted) as the log's records leave them,
     read in order; segment_start records restate them all, so rotation loses nothing."""
     mode = E.MODE_STOPPED
     rx = lim = None
-    low = 0
+    low = conc = 0
     fault = False
     for _seq, _h, value, _n in records:
         name = value[2]
         args = value[3]
         if name == "commissioned":
-            lim, low = args[0], args[2]
+            lim, conc, low = args[0], args[1], args[2]
         elif name == "limits":
             lim = args[1]
         elif name == "program":
             rx = RX.Prescription(*args[1])
+            conc = rx.conc_ug_per_ml
             mode = E.MODE_PROGRAM
         elif name == "mode":
             mode = args[1]
-        elif name == "bridge_start" and rx is not None:
-            rx = rx.with_concentration(args[1])
+        elif name == "bridge_start":
+            conc = args[1]
+            if rx is not None:
+                rx = rx.with_concentration(conc)
         elif name == "low_threshold":
             low = args[1]
         elif name == "limiter_block":
@@ -336,15 +359,16 @@ def _therapy_from_log(records):
         elif name == "segment_start":
             mode, key, lim, fault = args[0], args[1], args[2], bool(args[3])
             rx = None if key is None else RX.Prescription(*key)
-            low = args[4]
-    return mode, rx, lim, low, fault
+            low, conc = args[4], args[5]
+    return mode, rx, lim, low, fault, conc
 
 
 def anchor(sup):
     """What a new log segment restates first: the therapy as it stands."""
     eng = sup.engine
     return [eng.mode, None if eng.rx is None else eng.rx.key(), list(eng.lim.as_tuple()),
-            1 if eng.fault else 0, sup.reservoir.low_nl]  # fmt: skip
+            1 if eng.fault else 0, sup.reservoir.low_nl, eng.next_conc(),
+            sorted([k, v] for k, v in sup.counters.items())]  # fmt: skip
 
 
 def _never_saved(records):
@@ -356,7 +380,8 @@ def _never_saved(records):
     if records[0][0] != 1:
         return False
     for _seq, _h, value, _n in records:
-        if value[2] == "program" or (value[2] == "reset" and value[3][1] != "new"):
+        name = value[2]
+        if name in ("program", "mode", "limits") or (name == "reset" and value[3][1] != "new"):
             return False
     return True
 
@@ -367,15 +392,15 @@ def _from_log(plant, journal, records, digest, shell_now_ms, rtc_wall_ms):
     t = _therapy_from_log(records)
     if t is None:
         return None
-    mode, rx, lim, low_nl, fault = t
-    if fault or mode == E.MODE_STOPPED or rx is None or lim is None:
+    mode, rx, lim, low_nl, fault, conc = t
+    minimum = mode == E.MODE_MINIMUM
+    if fault or lim is None or not (minimum or (mode == E.MODE_PROGRAM and rx is not None)):
         # Stopped, or stopped for an overdose risk, or nothing to run: it stays stopped.
         return None
-    minimum = mode == E.MODE_MINIMUM
     try:
         # The reservoir is unknown: it is taken as empty (the alarm asks for a refill, and
         # delivery goes on, as it does on any empty estimate).
-        sup = plant.build(lim, rx.conc_ug_per_ml, low_nl, 0, journal)
+        sup = plant.build(lim, conc, low_nl, 0, journal)
     except ValueError:
         return None
     last_wall = records[-1][2][1]
@@ -383,9 +408,10 @@ def _from_log(plant, journal, records, digest, shell_now_ms, rtc_wall_ms):
     # Without a trusted clock, the last time the log knew is the best guess: the programme
     # starts there, and its rate at that time is held until the clock is set.
     sup.set_clock(last_wall if wall is None else wall)
-    if sup.program(rx, confirm=True) is not None:
-        return None
-    if minimum and sup.set_mode(E.MODE_MINIMUM) is not None:
+    if minimum:
+        if sup.set_mode(E.MODE_MINIMUM) is not None:
+            return None
+    elif sup.program(rx, confirm=True) is not None:
         return None
     # The replay counters never go back: the highest value the log saw for each.
     for name in digest.counters:

@@ -218,14 +218,16 @@ class Supervisor:
         done = 0
         if self._held:
             return 0  # a request or a batch waits for its checkpoint to be saved
+        b = self.settings.batch_pulses
         while True:
             lag = (day - eng.day) * L.DAY_MS + tod - eng.tod_ms() - eng.wait_ms()
             if lag < 0:
                 return done
-            b = self.settings.batch_pulses
-            if b and self._fired >= b and eng.next_is_pulse():
+            if b and self._fired and eng.next_is_pulse() and (
+                    self._fired >= b or self._last >= self._ckpt_due_at):  # fmt: skip
                 if self.storage_ok:
-                    # The last checkpoint covers no more pulses: wait for the next one.
+                    # The last checkpoint covers no more pulses (the batch is used up, or it is
+                    # too old): wait for the next one.
                     self._held = True
                     return done
                 self._fired = 0  # no storage: therapy goes on, the alarm says why
@@ -630,6 +632,8 @@ class Supervisor:
         bad = self._storage_refusal("counter")
         if bad:
             return bad
+        if not isinstance(name, str) or not 0 < len(name) <= 32:
+            return self._refused("counter", R.NOT_ALLOWED, "name")
         if not isinstance(value, int) or value >= _MAX_STORED:
             return self._refused("counter", R.ABOVE_MAX, name)
         if value <= self.counters.get(name, 0):
@@ -746,6 +750,7 @@ class Supervisor:
         delivered and never sent again. The rest of the outage is skipped, not made up."""
         eng = self.engine
         start = eng.now_ms()
+        saved = self._last
         self._uncertain = uncertain_pulses
         lost = 0
         if outage_ms is not None:
@@ -769,13 +774,19 @@ class Supervisor:
             eng.run_until(target)
             assumed = uncertain_pulses - self._uncertain
             # Pulses due a little after the clock says now may still have gone out, if the
-            # clock ran slow against the pump's own: they stay uncertain for a drift allowance.
-            self._uncertain_until = target + DRIFT_MS + (target - start) // DRIFT_PPM_DIV
+            # clock ran slow against the pump's own while it ran after the save (at most one
+            # checkpoint interval): they stay uncertain for that drift allowance.
+            ran = target - saved
+            if ran > self.settings.checkpoint_ms:
+                ran = self.settings.checkpoint_ms
+            self._uncertain_until = target + DRIFT_MS + ran // DRIFT_PPM_DIV
         else:
             # The outage's length is unknown: go on as if it were none, and hold the rate.
             target = start
             assumed = uncertain_pulses
-            self._uncertain_until = 1 << 62
+            # Only pulses due within one checkpoint interval of the save can have gone out.
+            ci = self.settings.checkpoint_ms
+            self._uncertain_until = saved + ci + DRIFT_MS + ci // DRIFT_PPM_DIV
             eng.clock_lost()
             self.alarms.condition(A.CLOCK, True, start)
         self._offset = target - shell_now_ms
