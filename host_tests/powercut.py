@@ -243,6 +243,22 @@ class Commit:
                  "recent", "stream_left", "log_seq", "log_head", "rtc", "aligned")  # fmt: skip
 
 
+def truth_of(rig):
+    """The pump as it stands when a commit starts: what any cut inside it must recover."""
+    sup = rig.sup
+    c = Commit()
+    c.key = rx_key(sup)
+    c.counters = dict(sup.counters)
+    c.moved = sup.moved_pulses
+    c.physical = rig.physical
+    c.recent = recent_ng(sup, rig.shell)
+    c.stream_left = sup.engine.stream_left_ng()
+    c.real = rig.real
+    c.rtc = rig.rtc_set
+    c.aligned = aligned(rig)
+    return c
+
+
 class Recorder:
     """Hooks of the recording run: per commit the truth while it runs (nothing in the pump
     changes during a commit, which is the only flash I/O), per log flush the last record seq
@@ -280,18 +296,8 @@ class Recorder:
         log._flush = flush
 
     def commit_start(self, rig):
-        sup = rig.sup
-        c = Commit()
+        c = truth_of(rig)
         c.start_op = self.flash.ops
-        c.real = rig.real
-        c.key = rx_key(sup)
-        c.counters = dict(sup.counters)
-        c.moved = sup.moved_pulses
-        c.physical = rig.physical
-        c.recent = recent_ng(sup, rig.shell)
-        c.stream_left = sup.engine.stream_left_ng()
-        c.rtc = rig.rtc_set
-        c.aligned = aligned(rig)
         self.commits.append(c)
 
     def commit_done(self, rig):
@@ -591,18 +597,7 @@ class Tracker:
         self._pending = pending
 
     def commit_start(self, rig):
-        sup = rig.sup
-        c = Commit()
-        c.key = rx_key(sup)
-        c.counters = dict(sup.counters)
-        c.moved = sup.moved_pulses
-        c.physical = rig.physical
-        c.recent = recent_ng(sup, rig.shell)
-        c.stream_left = sup.engine.stream_left_ng()
-        c.real = rig.real
-        c.rtc = rig.rtc_set
-        c.aligned = aligned(rig)
-        self.current = c
+        self.current = truth_of(rig)
 
     def commit_done(self, rig):
         self.done = self.current

@@ -928,12 +928,8 @@ def test_log_recovery_takes_the_strength_of_the_last_refill():
 # ---- fixes after review: clock drift, requests, lost programme records, log recovery -------
 
 
-@pytest.mark.req("SR-44")
-def test_setting_the_clock_back_over_a_periodic_bolus_does_not_repeat_it():
-    # DEMO's periodic bolus starts at 07:00. At 07:40 the clock is set back to 06:50 (a
-    # daylight-saving fall-back, or a correction): 07:00 comes round again 10 min later.
-    rig = _memory_demo()
-    sup = rig.sup
+def recording_events(rig):
+    """A list that collects every event the in-memory rig's saves would otherwise discard."""
     seen = []
     save = rig.save
 
@@ -942,6 +938,16 @@ def test_setting_the_clock_back_over_a_periodic_bolus_does_not_repeat_it():
         save()
 
     rig.save = keep
+    return seen
+
+
+@pytest.mark.req("SR-44")
+def test_setting_the_clock_back_over_a_periodic_bolus_does_not_repeat_it():
+    # DEMO's periodic bolus starts at 07:00. At 07:40 the clock is set back to 06:50 (a
+    # daylight-saving fall-back, or a correction): 07:00 comes round again 10 min later.
+    rig = _memory_demo()
+    sup = rig.sup
+    seen = recording_events(rig)
 
     def periodic_starts():
         return [e for e in seen if e[1] == "bolus_start" and e[2][0] == "periodic"]
@@ -1084,14 +1090,7 @@ def test_log_recovery_keeps_the_minimum_rate_even_under_tightened_limits():
 def test_a_programme_change_at_the_bolus_time_still_gives_that_bolus():
     rig = _memory_demo()
     sup = rig.sup
-    seen = []
-    save = rig.save
-
-    def keep():
-        seen.extend(rig.journal.pending)
-        save()
-
-    rig.save = keep
+    seen = recording_events(rig)
     rig.run(HOUR)  # 07:00:00.000, the periodic bolus has just started
     assert sup.engine.streams() and sup.engine.streams()[0][0] == "periodic"
     assert sup.program(DEMO, confirm=True) is None
