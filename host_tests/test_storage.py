@@ -249,9 +249,10 @@ def test_every_byte_flip_and_truncation_of_a_record_is_refused(kind, version, se
 # ---- snapshot -> restore equivalence -------------------------------------------------------
 
 
-def _memory_pump(pl, rx):
+def _memory_pump(pl, rx, lim=GENEROUS):
+    """A filled pump in RAM (no flash) with the clock set and rx running."""
     journal = P.Journal()
-    sup = pl.build(GENEROUS, rx.conc_ug_per_ml, 2_000_000, 0, journal)
+    sup = pl.build(lim, rx.conc_ug_per_ml, 2_000_000, 0, journal)
     assert sup.refill_begin(0) is None
     assert sup.refill_fill(FILL_NL, rx.conc_ug_per_ml) is None
     assert sup.refill_commit() is None
@@ -350,16 +351,7 @@ def test_commit_then_recover_on_flash_goes_on_exactly(seed):
 
 
 def _memory_demo(rx=DEMO, lim=LIMITS):
-    pl = plant()
-    journal = P.Journal()
-    sup = pl.build(lim, rx.conc_ug_per_ml, 2_000_000, 0, journal)
-    assert sup.refill_begin(0) is None
-    assert sup.refill_fill(FILL_NL, rx.conc_ug_per_ml) is None
-    assert sup.refill_commit() is None
-    assert sup.set_clock(W0) is None
-    assert sup.program(rx, confirm=True) is None
-    ack_all(sup)
-    return Rig(sup, None, journal)
+    return _memory_pump(plant(), rx, lim)
 
 
 def test_setting_the_clock_moves_the_schedule_not_engine_time():
