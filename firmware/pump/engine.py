@@ -192,6 +192,10 @@ class Engine:
         t = self._t + self._off
         return t - L.DAY_MS if t >= L.DAY_MS else t
 
+    def _step_rate(self):
+        # The programme's step rate (ng/day) at the schedule's time of day now.
+        return self.rx.step_rate_at(self._sched_t() // L.MIN_MS)
+
     def _at(self, start_min):
         # Engine time of day at which the schedule reaches start_min.
         return (start_min * L.MIN_MS - self._off) % L.DAY_MS
@@ -229,7 +233,7 @@ class Engine:
         if self.mode == MODE_PROGRAM:
             r = self._hold
             if r < 0:
-                r = self.rx.step_rate_at(self._sched_t() // L.MIN_MS)
+                r = self._step_rate()
             rate = r // L.RATE_RES_NG_PER_DAY
         elif self.mode == MODE_MINIMUM:
             rate = L.HARD_MIN_RATE_NL_PER_DAY * self.conc // 10000
@@ -315,6 +319,12 @@ class Engine:
             else:
                 keep.append(s)
         self._streams = keep
+        if K_PERIODIC in kinds:
+            # A periodic bolus cancelled at the instant it started gave nothing: it may start
+            # again at once (a new programme's, say).
+            now = self.now_ms()
+            for k in [k for k in self._periodic_at if self._periodic_at[k] == now]:
+                del self._periodic_at[k]
 
     def _block(self):
         # An overdose risk: stop the motor, keep nothing running, and say so.
@@ -396,15 +406,6 @@ class Engine:
             return None
         self._begin()
         self._cancel_streams((K_PERIODIC,))
-        # A periodic bolus cancelled at the instant it started was never given: the new
-        # programme's may start now. Entries past the guard's reach are dropped.
-        now = self.now_ms()
-        keep = {}
-        for k in self._periodic_at:
-            v = self._periodic_at[k]
-            if v != now and now - v < _PERIODIC_MIN_GAP_MS:
-                keep[k] = v
-        self._periodic_at = keep
         self._end_regime()
         old = self.rx
         self.rx = rx
@@ -455,8 +456,14 @@ class Engine:
                     # The clock was set back over this bolus's time: it has had its dose.
                     self.log("periodic_skipped", dose, now - last)
                     continue
+                self._forget_periodic(now - _PERIODIC_MIN_GAP_MS)
                 self._periodic_at[start] = now
                 self._add_stream(K_PERIODIC, dose * _RUMS_PER_NG, dose, dur_s * 1000)
+
+    def _forget_periodic(self, until_ms):
+        # Drop the guard's entries of periodic starts at or before until_ms.
+        for k in [k for k in self._periodic_at if self._periodic_at[k] <= until_ms]:
+            del self._periodic_at[k]
 
     def set_limits(self, lim):
         """New clinician limits (clinician). The running programme must still satisfy them."""
@@ -736,7 +743,7 @@ class Engine:
             # Lost again before it was set: the rate held since the first loss stays.
             self._hold = -1
             if self.mode == MODE_PROGRAM:
-                self._hold = self.rx.step_rate_at(self._sched_t() // L.MIN_MS)
+                self._hold = self._step_rate()
         self.clock_set = False
         self.log("clock_lost", self._hold)
         self._resegment()
@@ -755,7 +762,7 @@ class Engine:
                 sorted([k, v] for k, v in self._periodic_at.items())]  # fmt: skip
 
     def restore(self, s):
-        """Go on from a state() list (the limiter is restored separately)."""
+        """Go on from a snapshot() list (the limiter is restored separately)."""
         (mode, rx, conc, nxt, bridge_left, bridged, day, t, delivered, fault, y, streams,
          starts, regimes, primes, off, clock_set, hold, lim, periodic_at) = s  # fmt: skip
         if lim != list(self.lim.as_tuple()):

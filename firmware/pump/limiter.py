@@ -181,8 +181,9 @@ class Limiter:
             raise ValueError("stored limiter limits differ from the limits given")
         if len(ring) != _BUCKETS or sum(ring) != window or min(ring) < 0:
             raise ValueError("stored dose window is inconsistent")
+        doses = [self._dose_of(c) for c in L.CONCENTRATIONS_UG_PER_ML]
         for w, r in ((whole, remc), (old_whole, old_remc), (next_whole, next_remc)):
-            if (w, r) not in [self._dose_of(c) for c in L.CONCENTRATIONS_UG_PER_ML]:
+            if (w, r) not in doses:
                 raise ValueError("stored pulse dose matches no strength")
         b = self._buckets
         for k in range(_BUCKETS):

@@ -106,8 +106,7 @@ class Storage:
                 self.days.append(self.day, [sup.moved_pulses, sup.engine.delivered,
                                             sup.reservoir.remaining_nl()])  # fmt: skip
             self.day = day
-            self.log.anchor = lambda: anchor(sup)
-            self.log.append(journal.pending)
+            self.log.append(journal.pending, lambda: anchor(sup))
             journal.pending = []
             payload = C.encode([self.identity, self.log.seq, self.log.head, self.day, rtc_ms,
                                 sup.snapshot()])  # fmt: skip

@@ -117,9 +117,7 @@ class EventLog:
         self.head = ZERO_HASH  # its hash
         self._seg = None  # path of the segment being appended to
         self._seg_size = 0
-        # Returns the arguments of the segment_start record that opens each new segment (the
-        # therapy as it stands), so recovery from the log never depends on the oldest segment.
-        self.anchor = None
+        self.remembered = {}  # seq: hash, for the sequence numbers scan() was asked to keep
 
     def segments(self):
         names = [n for n in self.fs.listdir(LOG_DIR) if n.endswith(".seg")]
@@ -192,7 +190,7 @@ class EventLog:
                     out.append("the oldest record %d links to nothing recorded" % first_seq)
         if expect_seq:
             last = records[-1][0] if records else 0
-            seen = getattr(self, "remembered", {})
+            seen = self.remembered
             if last < expect_seq:
                 out.append("log ends at %d, the state recorded %d" % (last, expect_seq))
             else:
@@ -216,8 +214,10 @@ class EventLog:
             except OSError:
                 self._seg = None
 
-    def append(self, entries):
-        """Write [(wall_ms, name, args)] in one go; returns the records' (first, last) seq."""
+    def append(self, entries, restate=None):
+        """Write [(wall_ms, name, args)] in one go; returns the records' (first, last) seq.
+        restate() gives the arguments of the segment_start record that opens a new segment
+        (the therapy as it stands), so recovery from the log never needs the oldest one."""
         if not entries:
             return None
         out = bytearray()
@@ -229,8 +229,8 @@ class EventLog:
                 self._rotate(wall_ms)
                 self._seg = _segment_name(self.seq + 1)
                 self._seg_size = 0
-                if self.anchor is not None:
-                    self._add(out, wall_ms, "segment_start", self.anchor())
+                if restate is not None:
+                    self._add(out, wall_ms, "segment_start", restate())
             self._add(out, wall_ms, name, args)
         self._flush(out)
         return first, self.seq

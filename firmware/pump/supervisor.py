@@ -263,10 +263,7 @@ class Supervisor:
         self._pulse_tod = eng.tod_ms()
         if mech.pulse():
             self._fails = 0
-            self.moved_pulses += 1
-            ev = self.reservoir.on_pulse()
-            if ev:
-                self._reservoir_crossed(ev, eng.now_ms())
+            self._moved()
             if self._stalled:
                 self._stall_end(eng.now_ms())
             else:
@@ -276,12 +273,16 @@ class Supervisor:
         self._failed(eng.now_ms())
         return 0
 
-    def _assume_delivered(self):
+    def _moved(self):
+        # Drug went down the line (or, after a power cut, may have): count it.
         self.moved_pulses += 1
-        self.battery.on_pulse()
         ev = self.reservoir.on_pulse()
         if ev:
             self._reservoir_crossed(ev, self.engine.now_ms())
+
+    def _assume_delivered(self):
+        self.battery.on_pulse()
+        self._moved()
 
     def _not_moved(self):
         # Nothing went down the line: a bridge bolus must not be counted as done by a pulse
@@ -718,8 +719,8 @@ class Supervisor:
                 sorted([k, v] for k, v in self.counters.items()), self.wall_off_ms]  # fmt: skip
 
     def restore(self, s):
-        """Take over the supervisor's own fields from snapshot() (the parts were restored by
-        restore_parts before this object was built)."""
+        """Take over the supervisor's own fields from snapshot() (Plant.build restored the parts
+        before it built this object)."""
         own, refill, settings, staged, counters, wall_off = s[5:]
         if list(settings) != list(self.settings.as_tuple()):
             raise ValueError("stored settings differ from the settings given")
