@@ -1,7 +1,7 @@
 # Board definition of the simulated pump: the reference bench rig's mechanism, as plain data.
 # Geometry is kept as measured integers so the calibration can be derived exactly from it.
 
-from pump import battery, calib
+from pump import battery, calib, limits, persist, supervisor
 
 NAME = "sim"
 
@@ -67,3 +67,29 @@ def calibration():
 # 660 nL pulses is 21 uL, the most the accounting can be unsure of after a power cut. `make
 # bench` measures the saves a day and the flash erases they cost (storage.*).
 CHECKPOINT_BATCH_PULSES = 32
+
+# The commissioning settings of a new pump (its flash empty): hard-coded only here, for the
+# simulation; a real board gets them from the clinician's first session.
+FIRST_BOOT = (
+    limits.ClinicianLimits(
+        max_24h_ng=800_000, max_bolus_ng=100_000, max_rate_nl_per_day=10_000_000,
+        dose_step_pct=30,
+    ),
+    500,
+    2_000_000,
+)  # fmt: skip
+# The event log's segments on flash (docs/storage.md).
+LOG_SEGMENT_BYTES = 8192
+LOG_SEGMENTS = 16
+# The watchdog's timeout. The sim's is long in simulated time so that feeding it costs few
+# wake-ups; what it must show is that an unfed watchdog restarts the application.
+WDT_TIMEOUT_MS = 180_000
+
+
+def settings():
+    return supervisor.Settings(PUMP_DEAD_VOLUME_NL, batch_pulses=CHECKPOINT_BATCH_PULSES)
+
+
+def plant():
+    return persist.Plant(NAME, calibration(), RESERVOIR_NL[VARIANT], CELL, ENERGY, ADC_CAL,
+                         ERI_MARGIN_DAYS, settings())  # fmt: skip

@@ -680,6 +680,10 @@ class Supervisor:
             return True
         return self._fired > 0 and self._last >= self._ckpt_due_at
 
+    def waiting_for_checkpoint(self):
+        """True while delivery is held until the next checkpoint is saved."""
+        return self._held
+
     def checkpointed(self):
         """The shell has saved snapshot() as of now: the next batch of pulses may go out."""
         self._fired = 0

@@ -1,0 +1,253 @@
+# The device application: boots the pump from flash and runs it as asyncio tasks around the
+# supervisor. Hardware comes in as one `hal` object (docs/hardware.md); nothing here imports it.
+
+from pump import alarms as A
+from pump import persist as P
+from pump.compat import const
+
+# The tasks the watchdog waits for. Each promises to check in again by a deadline; the
+# watchdog task feeds the hardware watchdog only while no promise is broken.
+DOSING = const(0)
+MONITOR = const(1)
+STORAGE = const(2)
+BUTTON = const(3)
+TASK_NAMES = ("dosing", "monitor", "storage", "button")
+_IDLE = const(-1)  # a task waiting for work that is not due: no deadline
+
+# A woken task gets this long to do its work and check in again. Generous against the event
+# loop's worst latency (a flash erase, a BLE event), short against the watchdog's timeout.
+GRACE_MS = const(2_000)
+# A commit rewrites a few blocks of flash: a few hundred ms on an ESP32 at worst.
+COMMIT_MAX_MS = const(5_000)
+# The requests a programmer (the radio, the sim's script) may make, by supervisor method.
+REQUESTS = ("program", "set_mode", "set_limits", "clinician_bolus", "patient_bolus", "prime",
+            "clear_fault", "set_low_threshold", "acknowledge", "snooze", "alarm_test",
+            "refill_begin", "refill_fill", "refill_commit", "refill_abandon", "stage",
+            "commit_staged", "use_counter", "set_clock")  # fmt: skip
+BATTERY_READINGS = const(16)  # ADC readings summed into one battery sample
+# The RTC and the pump's own clock may drift apart by this before it is called a jump.
+RTC_TOLERANCE_MS = const(60_000)
+
+
+class App:
+    """One pump on one board. boot() recovers it from flash (synchronously, before any task
+    runs); run() is the main coroutine. `board` is the board module (plant(), FIRST_BOOT,
+    WDT_TIMEOUT_MS, LOG_SEGMENT_BYTES, LOG_SEGMENTS); `hal` its hardware."""
+
+    def __init__(self, board, hal):
+        self.board = board
+        self.hal = hal
+        self.aio = hal.aio
+        self.clock = hal.clock
+        self.plant = board.plant()
+        self.sup = None
+        self.store = None
+        self.journal = None
+        self.boot_info = None
+        self.deadline = [_IDLE, _IDLE, _IDLE, _IDLE]
+        self.hung = None  # the first task found late, once the watchdog stops being fed
+        self._tasks = []
+        self._flags = None
+        self._commit_wanted = False
+        self._committed = 0  # commits done, for requests waiting for theirs
+        self._rtc_jump = False
+        self.radio = None  # the BLE task (a later issue) attaches here
+
+    # ---- boot ----
+
+    def boot(self):
+        """Reset cause, self test, recovery, resume: the state the pump runs on is on flash
+        before the first pulse."""
+        hal = self.hal
+        b = self.board
+        boot, store, journal = P.recover(hal.fs, self.plant, self.clock.now_ms(),
+                                         hal.rtc.now_ms(), hal.reset_cause(), b.FIRST_BOOT,
+                                         b.LOG_SEGMENT_BYTES, b.LOG_SEGMENTS)  # fmt: skip
+        self.boot_info = boot
+        self.sup = sup = boot.sup
+        self.store = store
+        self.journal = journal
+        for problem in hal.self_test():
+            sup.log("self_test_failed", problem)
+            sup.alarms.event(A.SELF_TEST, sup.now_ms(), problem)
+        self._commit()
+        return boot
+
+    # ---- requests ----
+
+    def submit(self, name, *args):
+        """Apply one request to the supervisor now. Returns None, or the Refusal that says
+        why nothing changed. An accepted request holds delivery until its commit is saved."""
+        if name not in REQUESTS:
+            raise ValueError("unknown request " + name)
+        sup = self.sup
+        bad = getattr(sup, name)(*args)
+        if bad is None and name == "set_clock":
+            self.hal.rtc.set_ms(args[0])
+            self._rtc_jump = False
+        self._want_commit()
+        self._wake(DOSING)
+        return bad
+
+    async def request(self, name, *args):
+        """submit(), then wait until the change is saved: only then may a programmer be told
+        it was done."""
+        bad = self.submit(name, *args)
+        n = self._committed
+        while self._committed == n and self._commit_wanted:
+            await self.aio.sleep_ms(10)
+        return bad
+
+    def acknowledge_all(self):
+        """The pump's button: acknowledge every latched alarm not yet acknowledged."""
+        n = 0
+        for cid, _name, _prio, _present, acked, _snooze in self.sup.alarms.active():
+            if not acked and self.sup.acknowledge(cid) is None:
+                n += 1
+        if n:
+            self._want_commit()
+            self._wake(DOSING)
+        return n
+
+    # ---- the tasks ----
+
+    async def run(self):
+        """The main coroutine: start the tasks, then be the watchdog's supervisor. The motor
+        driver is disabled whatever ends it."""
+        aio = self.aio
+        hal = self.hal
+        self._flags = [aio.ThreadSafeFlag() for _ in TASK_NAMES]
+        hal.button.attach(self._flags[BUTTON])
+        try:
+            self._tasks = [
+                aio.create_task(self._dosing(), "dosing"),
+                aio.create_task(self._monitor(), "monitor"),
+                aio.create_task(self._storage(), "storage"),
+                aio.create_task(self._button(), "button"),
+            ]
+            await self._watchdog()
+        finally:
+            hal.motor.disable()
+            for t in self._tasks:
+                t.cancel()
+
+    def _wake(self, i):
+        if self._flags is not None:
+            self._flags[i].set()
+
+    def _want_commit(self):
+        if not self._commit_wanted:
+            self._commit_wanted = True
+            self.deadline[STORAGE] = self.clock.now_ms() + COMMIT_MAX_MS
+            self._wake(STORAGE)
+
+    async def _dosing(self):
+        hal = self.hal
+        clock = self.clock
+        flag = self._flags[DOSING]
+        sup = self.sup
+        mech = hal.motor
+        buzzer = hal.buzzer
+        journal = self.journal
+        try:
+            while True:
+                now = clock.now_ms()
+                sup.advance(now, mech, buzzer)
+                if sup.battery_due(now):
+                    self.deadline[MONITOR] = now + GRACE_MS
+                    self._wake(MONITOR)
+                if journal.pending or sup.checkpoint_due():
+                    self._want_commit()
+                if sup.waiting_for_checkpoint():
+                    # The batch is used up: nothing moves until the storage task has saved.
+                    self.deadline[DOSING] = now + COMMIT_MAX_MS + GRACE_MS
+                    await flag.wait()
+                else:
+                    t = sup.next_wake_ms()
+                    self.deadline[DOSING] = (t if t > now else now) + GRACE_MS
+                    await clock.wait_until(t, flag)
+        finally:
+            mech.disable()
+
+    async def _monitor(self):
+        hal = self.hal
+        clock = self.clock
+        flag = self._flags[MONITOR]
+        sup = self.sup
+        while True:
+            self.deadline[MONITOR] = _IDLE
+            await flag.wait()
+            now = clock.now_ms()
+            if sup.battery_due(now):
+                sum_uv, count = hal.battery.sample(BATTERY_READINGS)
+                sup.battery_sample(now, sum_uv, count)
+            self._check_rtc(now)
+            self._wake(DOSING)
+
+    def _check_rtc(self, now):
+        # The RTC only serves to measure outages across a restart; delivery runs on the
+        # monotonic clock. An RTC that leaves the pump's own time is reported once per jump.
+        rtc = self.hal.rtc.now_ms()
+        sup = self.sup
+        if rtc is None or not sup.engine.clock_set:
+            return
+        d = rtc - sup.wall_ms()
+        jumped = d > RTC_TOLERANCE_MS or -d > RTC_TOLERANCE_MS
+        if jumped and not self._rtc_jump:
+            sup.log("rtc_jump", d)
+            sup.alarms.event(A.CLOCK, sup.now_ms(), "rtc_jump", d)
+            self._want_commit()
+        self._rtc_jump = jumped
+
+    async def _storage(self):
+        clock = self.clock
+        flag = self._flags[STORAGE]
+        while True:
+            if not self._commit_wanted:
+                self.deadline[STORAGE] = _IDLE
+                await flag.wait()
+                continue
+            ok = self._commit()
+            self._wake(DOSING)
+            if not ok:
+                # Therapy goes on without the batch bound (the alarm says so); try again in
+                # a minute, as Storage.commit allows.
+                self.deadline[STORAGE] = clock.now_ms() + P.RETRY_MS + GRACE_MS
+                await clock.wait_until(clock.now_ms() + P.RETRY_MS, flag)
+
+    def _commit(self):
+        ok = self.store.commit(self.sup, self.journal, self.hal.rtc.now_ms())
+        if ok:
+            self._commit_wanted = False
+            self._committed += 1
+        return ok
+
+    async def _button(self):
+        flag = self._flags[BUTTON]
+        while True:
+            await flag.wait()
+            self.acknowledge_all()
+
+    async def _watchdog(self):
+        hal = self.hal
+        clock = self.clock
+        timeout = self.board.WDT_TIMEOUT_MS
+        wdt = hal.watchdog(timeout)
+        period = timeout // 3  # fed twice or three times before it could expire
+        while True:
+            now = clock.now_ms()
+            late = self._late(now)
+            if late is None:
+                wdt.feed()
+            elif self.hung is None:
+                # Not fed from now on: the hardware resets the board. No commit here: the
+                # stuck task may be the one that commits.
+                self.hung = TASK_NAMES[late]
+            await self.aio.sleep_ms(period)
+
+    def _late(self, now):
+        d = self.deadline
+        for i in range(len(d)):
+            if d[i] != _IDLE and now > d[i]:
+                return i
+        return None
