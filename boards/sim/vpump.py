@@ -10,11 +10,13 @@ class VirtualPump:
     delivered pulses stay; a reset drops the application's tasks and RAM and boots it again
     from flash, as the board would."""
 
-    def __init__(self, seed=1, accel=0, blocks=128, cell_error_pct=0):
+    def __init__(self, seed=1, accel=0, blocks=128, cell_error_pct=0, flash_dev=None, mech=None):
         self.loop = vloop.Loop(0, accel)
-        self.flash = flash.RamFlash(block_size=4096, block_count=blocks)
+        if flash_dev is None:
+            flash_dev = flash.RamFlash(block_size=4096, block_count=blocks)
+        self.flash = flash_dev
         lfs.format(self.flash)
-        self.mech = hw.Mechanism()
+        self.mech = hw.Mechanism() if mech is None else mech
         self.cell = hw.SimCell(board.CELL, board.ADC_CAL, seed=seed, error_pct=cell_error_pct)
         self.rtc = hal.Rtc()
         self.rtc.loop = self.loop
