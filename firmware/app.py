@@ -49,7 +49,7 @@ class App:
         self._tasks = []
         self._flags = None
         self._commit_wanted = False
-        self._committed = 0  # commits done, for requests waiting for theirs
+        self._attempts = 0  # commits tried, for requests waiting for theirs
         self._rtc_jump = False
         self.radio = None  # the BLE task (a later issue) attaches here
 
@@ -93,8 +93,10 @@ class App:
         """submit(), then wait until the change is saved: only then may a programmer be told
         it was done."""
         bad = self.submit(name, *args)
-        n = self._committed
-        while self._committed == n and self._commit_wanted:
+        n = self._attempts
+        # While storage is failing, the request could only be one of the few still allowed
+        # (set_mode, clear_fault, acknowledge): answer at once rather than after the retry.
+        while self._attempts == n and self._commit_wanted and self.sup.storage_ok:
             await self.aio.sleep_ms(10)
         return bad
 
@@ -217,9 +219,9 @@ class App:
 
     def _commit(self):
         ok = self.store.commit(self.sup, self.journal, self.hal.rtc.now_ms())
+        self._attempts += 1
         if ok:
             self._commit_wanted = False
-            self._committed += 1
         return ok
 
     async def _button(self):
