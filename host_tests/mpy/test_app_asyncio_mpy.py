@@ -4,6 +4,7 @@
 # req: SR-21
 
 import asyncio
+import gc
 import time
 
 import app as APP
@@ -11,8 +12,8 @@ from boards.sim import board, flash, hal, hw, lfs, vpump
 from pump import limits as L
 from pump import rx as RX
 
-SCALE = 150  # simulated ms per real ms: 10 s of lateness (a skipped pulse) is 66 real ms
-RUN_MS = 12 * 60_000  # simulated: 4.8 real seconds
+SCALE = 75  # simulated ms per real ms: 10 s of lateness (a skipped pulse) is 133 real ms
+RUN_MS = 8 * 60_000  # simulated: 6.4 real seconds
 W0 = 19_700 * L.DAY_MS + 6 * 3_600_000
 DEMO = RX.Prescription(500, [(0, 300_000), (7 * 60, 380_000), (20 * 60, 320_000)],
                        [(7 * 60, 20_000, 1800)], patient_dose_ng=15_000,
@@ -123,11 +124,13 @@ def run():
     assert not a.sup.alarms.active(), [x[1] for x in a.sup.alarms.active()]
     assert a.store.commits >= 5, a.store.commits
     # Against the simulated-loop twin: the same pulses, within the real clock's jitter.
-    ref = twin()
     n = len([t for t in pulses if t <= RUN_MS - 60_000])
+    a = h = None
+    gc.collect()  # the first run's flash image, before the twin makes its own
+    ref = twin()
     m = len([t for t in ref if t <= RUN_MS - 60_000])
-    print("pulses", n, "twin", m, "commits", a.store.commits, "feeds", h.wdt.feeds)
-    assert n > 40, n
+    print("pulses", n, "twin", m)
+    assert n > 25, n
     assert abs(n - m) <= 2, (n, m)
     assert a.sup.undelivered_pulses == 0, a.sup.undelivered_pulses
 
