@@ -113,6 +113,8 @@ def twin():
 
 
 def run():
+    ref = twin()
+    gc.collect()  # the twin's flash image, before the real run makes its own
     loop = ScaledLoop()
     a, h, pulses = build(loop)
     out = []
@@ -125,9 +127,6 @@ def run():
     assert a.store.commits >= 5, a.store.commits
     # Against the simulated-loop twin: the same pulses, within the real clock's jitter.
     n = len([t for t in pulses if t <= RUN_MS - 60_000])
-    a = h = None
-    gc.collect()  # the first run's flash image, before the twin makes its own
-    ref = twin()
     m = len([t for t in ref if t <= RUN_MS - 60_000])
     print("pulses", n, "twin", m)
     assert n > 25, n
