@@ -144,32 +144,35 @@ class App:
             self._wake(STORAGE)
 
     async def _dosing(self):
-        hal = self.hal
         clock = self.clock
         flag = self._flags[DOSING]
-        sup = self.sup
-        mech = hal.motor
-        buzzer = hal.buzzer
-        journal = self.journal
         try:
             while True:
-                now = clock.now_ms()
-                sup.advance(now, mech, buzzer)
-                if sup.battery_due(now):
-                    self.deadline[MONITOR] = now + GRACE_MS
-                    self._wake(MONITOR)
-                if journal.pending or sup.checkpoint_due():
-                    self._want_commit()
-                if sup.waiting_for_checkpoint():
-                    # The batch is used up: nothing moves until the storage task has saved.
-                    self.deadline[DOSING] = now + COMMIT_MAX_MS + GRACE_MS
+                t = self.dose(clock.now_ms())
+                if t < 0:
                     await flag.wait()
                 else:
-                    t = sup.next_wake_ms()
-                    self.deadline[DOSING] = (t if t > now else now) + GRACE_MS
                     await clock.wait_until(t, flag)
         finally:
-            mech.disable()
+            self.hal.motor.disable()
+
+    def dose(self, now):
+        """One wake-up of the dosing task: deliver what is due, hand work to the other tasks,
+        and return when to wake next (-1: when the storage task has saved the checkpoint the
+        batch waits for). The hot path: it allocates nothing (host_tests/mpy)."""
+        sup = self.sup
+        sup.advance(now, self.hal.motor, self.hal.buzzer)
+        if sup.battery_due(now):
+            self.deadline[MONITOR] = now + GRACE_MS
+            self._wake(MONITOR)
+        if self.journal.pending or sup.checkpoint_due():
+            self._want_commit()
+        if sup.waiting_for_checkpoint():
+            self.deadline[DOSING] = now + COMMIT_MAX_MS + GRACE_MS
+            return -1
+        t = sup.next_wake_ms()
+        self.deadline[DOSING] = (t if t > now else now) + GRACE_MS
+        return t
 
     async def _monitor(self):
         hal = self.hal
