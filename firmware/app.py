@@ -51,7 +51,7 @@ class App:
         self._commit_wanted = False
         self._attempts = 0  # commits tried, for requests waiting for theirs
         self._rtc_jump = False
-        self.radio = None  # the BLE task (a later issue) attaches here
+        self.radio = None  # the BLE service (a later issue): an object with run(app)
 
     # ---- boot ----
 
@@ -127,6 +127,9 @@ class App:
                 aio.create_task(self._storage(), "storage"),
                 aio.create_task(self._button(), "button"),
             ]
+            if self.radio is not None:
+                # The BLE service (a later issue): it reaches the pump only through request().
+                self._tasks.append(aio.create_task(self.radio.run(self), "radio"))
             await self._watchdog()
         finally:
             hal.motor.disable()
