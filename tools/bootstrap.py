@@ -4,6 +4,7 @@
 import argparse
 import hashlib
 import json
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -29,6 +30,20 @@ def dev_requirements():
         raise BootstrapError(
             f"pyproject.toml has no readable [project.optional-dependencies] dev list ({exc})."
         ) from None
+
+
+def stub_requirements():
+    """{chip: [stub pin, stdlib stub pin]} from [tool.itb.stubs] (empty if there is none)."""
+    try:
+        with open(ROOT / "pyproject.toml", "rb") as f:
+            table = tomllib.load(f).get("tool", {}).get("itb", {}).get("stubs", {})
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise BootstrapError(f"pyproject.toml could not be read ({exc}).") from None
+    stdlib = table.get("stdlib")
+    chips = {k: v for k, v in table.items() if k != "stdlib"}
+    if chips and not stdlib:
+        raise BootstrapError("[tool.itb.stubs] in pyproject.toml names no stdlib stub pin.")
+    return {chip: [pin, stdlib] for chip, pin in sorted(chips.items())}
 
 
 def venv_python(venv):
@@ -114,6 +129,24 @@ def install_requirements(venv, requirements):
         )
 
 
+def install_stubs(venv, stubs):
+    # Each chip's stub set is the same top-level modules (machine, esp32, time...), so each gets a
+    # directory of its own; tools/typecheck.py points mypy at it. Rebuilt whole, so a changed pin
+    # leaves no stale file behind.
+    for chip, pins in stubs.items():
+        target = venv / "stubs" / chip
+        print(f"Installing MicroPython stubs for {chip}: " + " ".join(pins))
+        shutil.rmtree(target, ignore_errors=True)
+        result = subprocess.run(
+            [str(venv_python(venv)), "-m", "pip", "install", "--disable-pip-version-check",
+             "--quiet", "--no-deps", "--target", str(target), *pins]
+        )  # fmt: skip
+        if result.returncode != 0:
+            raise BootstrapError(
+                f"pip could not install the {chip} stubs into {target}; see pip's message above."
+            )
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description="Create the virtualenv with the dev tools.")
     parser.add_argument("--venv", default=".venv", help="virtualenv directory (default .venv)")
@@ -124,13 +157,16 @@ def main(argv=None):
     stamp = venv / STAMP_NAME
     try:
         requirements = dev_requirements()
+        stubs = stub_requirements()
         ensure_venv(venv)
         install_requirements(venv, requirements)
+        install_stubs(venv, stubs)
     except BootstrapError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     # The stamp is written last so that an interrupted install is retried by the next make.
-    stamp.write_text("\n".join(requirements) + "\n")
+    pins = requirements + [f"{chip}: {' '.join(p)}" for chip, p in stubs.items()]
+    stamp.write_text("\n".join(pins) + "\n")
     return 0
 
 

@@ -1,5 +1,5 @@
-# Lint rule for firmware/: hardware modules only in firmware/hal/, and no CPython-only imports.
-# Keeps the dosing core testable on the host and importable on the board, where these fail.
+# Lint rule for firmware/: hardware modules only in firmware/hal/, and no CPython-only imports;
+# board files import the hardware only inside functions, so their data imports on a host too.
 
 import argparse
 import ast
@@ -79,19 +79,54 @@ def check_file(path, root):
     return problems
 
 
+def _module_level_imports(tree):
+    """Imports that run when the module is imported: not those inside a function."""
+
+    def visit(node):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)):
+            return
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                yield node, alias.name.split(".")[0]
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            yield node, node.module.split(".")[0]
+        for child in ast.iter_child_nodes(node):
+            yield from visit(child)
+
+    yield from visit(tree)
+
+
+def check_board(path, root):
+    """Problems in a boards/<name>/board.py: hardware (and the hardware layer, which needs it)
+    imported at module level, which would stop tests and tools importing the board's data."""
+    rel = path.relative_to(root).as_posix()
+    try:
+        tree = ast.parse(path.read_text(encoding="utf-8"), filename=rel)
+    except SyntaxError as exc:
+        return [f"{rel}:{exc.lineno}: does not parse: {exc.msg}"]
+    return [
+        f"{rel}:{node.lineno}: imports {module} at module level; import it inside make_hal()"
+        for node, module in _module_level_imports(tree)
+        if module in HARDWARE or module == "hal"
+    ]
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description="Check firmware/ imports for the board.")
     parser.add_argument("--root", type=Path, default=ROOT, help="repository root")
     args = parser.parse_args(argv)
     root = args.root.resolve()
     files = sorted((root / "firmware").rglob("*.py"))
+    boards = sorted((root / "boards").glob("*/board.py"))
     problems = [p for f in files for p in check_file(f, root)]
+    problems += [p for f in boards for p in check_board(f, root)]
     for problem in problems:
         print(problem)
     if problems:
-        print(f"check_core: {len(problems)} forbidden import(s) in firmware/", file=sys.stderr)
+        print(f"check_core: {len(problems)} forbidden import(s) in firmware/ or boards/",
+              file=sys.stderr)  # fmt: skip
         return 1
-    print(f"check_core: {len(files)} firmware file(s) OK")
+    print(f"check_core: {len(files)} firmware file(s) and {len(boards)} board file(s) OK")
     return 0
 
 

@@ -23,7 +23,8 @@ def _compiler():
 def sources(root):
     files = []
     for name in SOURCE_DIRS:
-        files.extend(sorted((root / name).rglob("*.py")))
+        # A board's manifest.py is read by MicroPython's build, never run on a board.
+        files.extend(p for p in sorted((root / name).rglob("*.py")) if p.name != "manifest.py")
     return files
 
 

@@ -2,7 +2,7 @@
 # through Monitor on both boards' cells, with the same transitions at the same samples as CPython.
 # req: SR-19, SR-34
 
-from boards.devkit import board as devkit
+from boards.esp32_devkitc import board as devkit
 from boards.sim import board as simb
 from boards.sim import hw
 from pump import battery as B
