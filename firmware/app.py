@@ -81,6 +81,9 @@ class App:
         if name not in REQUESTS:
             raise ValueError("unknown request " + name)
         sup = self.sup
+        # The supervisor stands at its last event, up to a pulse period ago: bring it to now
+        # first, so the request takes effect (and is logged) at its own time.
+        sup.advance(self.clock.now_ms(), self.hal.motor, self.hal.buzzer)
         bad = getattr(sup, name)(*args)
         if bad is None and name == "set_clock":
             self.hal.rtc.set_ms(args[0])

@@ -239,6 +239,11 @@ class Loop:
     def shutdown(self):
         """The board lost power or reset: every task is dropped without running its cleanup,
         as on real hardware (their finally blocks never run)."""
+        for t in self.tasks:
+            # Gone with the RAM: nothing may run them again. (When CPython's garbage collector
+            # finalises an old coroutine, its `finally` may cancel others; that must not step
+            # them on this loop, in the middle of a task of the application booted next.)
+            t.done = True
         self.tasks = []
         self._ready = []
         self._timers = []

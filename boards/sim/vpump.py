@@ -17,6 +17,8 @@ class VirtualPump:
         self.flash = flash_dev
         lfs.format(self.flash)
         self.mech = hw.Mechanism() if mech is None else mech
+        if hasattr(self.mech, "bind"):
+            self.mech.bind(self._loop_now)  # a plant model (boards/sim/plant.py) keeps time
         self.cell = hw.SimCell(board.CELL, board.ADC_CAL, seed=seed, error_pct=cell_error_pct)
         self.rtc = hal.Rtc()
         self.rtc.loop = self.loop
@@ -25,12 +27,22 @@ class VirtualPump:
         self.pulse_pl = board.calibration().pulse_pl()
         self.delivered = []  # loop ms of every pulse the mechanism moved
         self.resets = []  # (loop ms, cause)
+        # One per boot: (loop ms the reset began, loop ms of the boot, hardware cause, the
+        # firmware's cause, where its state came from, the task the watchdog supervisor found
+        # late before it or None)
+        self.boot_log = []
+        self.cut_down_ms = 0  # how long the power stays off after a cut in the middle of a write
+        self._late = None
+        self._reset_at = None
         self.app = None
         self.hal = None
         self.fs = None
 
     def _on_pulse(self):
         self.delivered.append(self.loop.now)
+
+    def _loop_now(self):
+        return self.loop.now
 
     def boot(self, cause="power_on"):
         if self.flash.dead:
@@ -39,13 +51,20 @@ class VirtualPump:
         self.hal = hal.Hal(self.loop, self.fs, self.mech, self.cell, board.ENERGY, self.rtc,
                            self.buzzer, self.button, cause, self._on_pulse)  # fmt: skip
         self.app = APP.App(board, self.hal)
-        self.app.boot()
+        info = self.app.boot()
+        began = self.loop.now if self._reset_at is None else self._reset_at
+        self.boot_log.append((began, self.loop.now, cause, info.cause, info.source, self._late))
+        self._late = None
+        self._reset_at = None
         self.loop.create_task(self.app.run(), "main")
         return self.app
 
     def reset(self, cause, down_ms=0):
         """The board resets (or loses power for down_ms): the application is gone at once."""
         self.resets.append((self.loop.now, cause))
+        if self._reset_at is None:
+            self._reset_at = self.loop.now  # a reset cut short by another keeps the first
+            self._late = None if self.app is None else self.app.hung
         self.loop.shutdown()
         self.loop.watchdog = None
         self.hal.motor.disable()
@@ -60,9 +79,40 @@ class VirtualPump:
                 self.loop.run_until(t_ms)
                 return
             except vloop.Reset as r:
-                self.reset(r.cause)
+                cause = r.cause
+                down = 0
             except flash.PowerCut:
-                self.reset("power_on")
+                cause = "power_on"
+                down = self.cut_down_ms
+            while True:
+                try:
+                    self.reset(cause, down)
+                    break
+                except flash.PowerCut:
+                    # The supply failed again while the application booted (a cut set to
+                    # come after a number of flash writes): it boots once more.
+                    cause = "power_on"
+                    down = self.cut_down_ms
+
+    def power_cut(self, down_ms=0, after_ops=0):
+        """Fault injection: the supply fails now (and stays off down_ms), or, with after_ops,
+        at the after_ops-th flash program or erase from now, in the middle of whatever the
+        application is writing then (run_until() then resets it, off for cut_down_ms)."""
+        if after_ops:
+            self.flash.cut_at = self.flash.ops + after_ops
+            return
+        self.flash.dead = True  # the chip has no supply: the mount made before is gone
+        self.reset("power_on", down_ms)
+
+    def stop(self):
+        """The simulation ends: the application's main task is closed, which cancels the other
+        tasks (their cleanup runs), so that no coroutine is left for the garbage collector to
+        finalise in some arbitrary order at exit."""
+        for t in list(self.loop.tasks):
+            if t.name == "main" and not t.done:
+                t.coro.close()
+                t.done = True
+        self.loop.shutdown()
 
     def submit(self, name, *args):
         return self.app.submit(name, *args)
