@@ -420,7 +420,7 @@ INVALID_RTC = {
 
 @pytest.mark.req("SR-20", "SR-21")
 @pytest.mark.parametrize("rtc", sorted(INVALID_RTC))
-def test_invalid_rtc_at_boot_holds_the_last_step_rate_from_the_checkpoint(rtc):
+def test_invalid_rtc_at_boot_holds_the_mean_basal_rate_from_the_checkpoint(rtc):
     batch = 8
     a, b_boot, b, (last_wall, eng_t, tod, moved) = _saved_then_rebooted(INVALID_RTC[rtc], batch)
     sup = b.sup
@@ -428,7 +428,9 @@ def test_invalid_rtc_at_boot_holds_the_last_step_rate_from_the_checkpoint(rtc):
     assert b_boot.source in ("a", "b")
     assert latched(sup, A.CLOCK) is not None and latched(sup, A.CLOCK)[3]  # present
     assert not eng.clock_set
-    assert eng.held_rate_ng() == DEMO.step_rate_at(tod // L.MIN_MS)
+    # Not the step at the last known time: held all day, a peak step would exceed the daily dose.
+    mean = RX.mean_basal_ng_per_day(DEMO)
+    assert eng.held_rate_ng() == mean < DEMO.step_rate_at(tod // L.MIN_MS)
     # Engine time goes on from the checkpoint; the wall clock as last known.
     assert eng.now_ms() == eng_t and sup.wall_ms() == last_wall
     # The first `batch` pulses may have gone out before the cut: counted, not moved.
@@ -533,7 +535,7 @@ def test_both_copies_corrupt_runs_the_last_programme_from_the_log():
 
 
 @pytest.mark.req("SR-20", "SR-21")
-def test_log_recovery_with_invalid_rtc_holds_the_step_of_the_last_logged_time():
+def test_log_recovery_with_invalid_rtc_holds_the_mean_basal_rate():
     fl, fs, pl, a = commissioned()
     a.run(3 * HOUR)  # 09:00, the 400 ug/day step of DEMO
     a.save()
@@ -543,7 +545,7 @@ def test_log_recovery_with_invalid_rtc_holds_the_step_of_the_last_logged_time():
     b, rig = boot(cycle(fl), pl, shell_now=0, rtc=None)
     sup = rig.sup
     assert b.source == "log" and latched(sup, A.CLOCK) is not None
-    assert sup.engine.held_rate_ng() == DEMO.step_rate_at(last_wall % DAY // L.MIN_MS)
+    assert sup.engine.held_rate_ng() == RX.mean_basal_ng_per_day(DEMO)
     assert sup.wall_ms() >= last_wall
 
 

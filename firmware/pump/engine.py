@@ -736,14 +736,16 @@ class Engine:
         return None
 
     def clock_lost(self):
-        """The clock is not trusted (lost at a power cut). The programme's rate at the last
-        known time of day is held, with no steps or periodic boluses, until it is set."""
+        """The clock is not trusted (lost at a power cut). The programme's mean basal rate is
+        held, with no steps or periodic boluses, until it is set: without a time of day, the
+        step that would run is unknown, and holding one step's rate could give more than the
+        programme's daily dose (a day-time peak held through the night)."""
         self._begin()
         if self.clock_set or self.mode != MODE_PROGRAM:
             # Lost again before it was set: the rate held since the first loss stays.
             self._hold = -1
             if self.mode == MODE_PROGRAM:
-                self._hold = self._step_rate()
+                self._hold = RX.mean_basal_ng_per_day(self.rx)
         self.clock_set = False
         self.log("clock_lost", self._hold)
         self._resegment()

@@ -97,17 +97,28 @@ def vol_rate_ok(rate_ng_per_day, conc_ug_per_ml, max_nl_per_day):
     return rate_ng_per_day * 1000 <= max_nl_per_day * conc_ug_per_ml
 
 
-def daily_dose_ng(rx):
-    """Dose of basal and periodic boluses over one day, rounded up (exactly: over any 24 h)."""
+def _basal_ng_min(rx):
+    # The day's basal dose times 1440: each step's rate over its minutes.
     steps = rx.steps
-    total_ng_min = 0
+    total = 0
     for i in range(len(steps)):
         end = steps[i + 1][0] if i + 1 < len(steps) else L.MINUTES_PER_DAY
-        total_ng_min += steps[i][1] * (end - steps[i][0])
-    dose = ceil_div(total_ng_min, L.MINUTES_PER_DAY)
+        total += steps[i][1] * (end - steps[i][0])
+    return total
+
+
+def daily_dose_ng(rx):
+    """Dose of basal and periodic boluses over one day, rounded up (exactly: over any 24 h)."""
+    dose = ceil_div(_basal_ng_min(rx), L.MINUTES_PER_DAY)
     for p in rx.periodic:
         dose += p[1]
     return dose
+
+
+def mean_basal_ng_per_day(rx):
+    """The day's basal dose spread evenly over the day, rounded down: the rate that, held for
+    any 24 h, gives no more than the programme's basal over those 24 h."""
+    return _basal_ng_min(rx) // L.MINUTES_PER_DAY
 
 
 def peak_rate_ng_per_day(rx, extra_ng_per_day=0):
