@@ -169,7 +169,10 @@ class App:
         sup = self.sup
         sup.advance(now, self.hal.motor, self.hal.buzzer)
         if sup.battery_due(now):
-            self.deadline[MONITOR] = now + GRACE_MS
+            # The first hand-off sets the monitor's deadline; later ones (the sample still
+            # due two seconds on) must not push it away, or a hung monitor would never be late.
+            if self.deadline[MONITOR] == _IDLE:
+                self.deadline[MONITOR] = now + GRACE_MS
             self._wake(MONITOR)
         if self.journal.pending or sup.checkpoint_due():
             self._want_commit()
@@ -247,18 +250,22 @@ class App:
         period = timeout // 3  # fed twice or three times before it could expire
         while True:
             now = clock.now_ms()
-            late = self._late(now)
-            if late is None:
-                wdt.feed()
-            elif self.hung is None:
-                # Not fed from now on: the hardware resets the board. No commit here: the
-                # stuck task may be the one that commits.
-                self.hung = TASK_NAMES[late]
+            if self.hung is None:
+                late = self._late(now)
+                if late is None:
+                    wdt.feed()
+                else:
+                    # Never fed again: the hardware resets the board. No commit here: the
+                    # stuck task may be the one that commits.
+                    self.hung = TASK_NAMES[late]
             await self.aio.sleep_ms(period)
 
     def _late(self, now):
+        # The task whose deadline passed first: the one that waits on a hung task breaks its
+        # own promise later (dosing waits for storage's commit), so this names the cause.
         d = self.deadline
+        late = None
         for i in range(len(d)):
-            if d[i] != _IDLE and now > d[i]:
-                return i
-        return None
+            if d[i] != _IDLE and now > d[i] and (late is None or d[i] < d[late]):
+                late = i
+        return late

@@ -1,5 +1,6 @@
 # Benchmarks: measures the dosing engine (and, via bench_battery.py, the battery monitor and
-# alarm latency; via bench_storage.py, power cuts and flash wear) and writes build/bench.json.
+# alarm latency; via bench_storage.py, power cuts and flash wear; via bench_sim.py, the virtual
+# pump's speed and heap under MicroPython) and writes build/bench.json.
 # Performance lives here, never in timed tests. Usage: python tools/bench.py [--programmes N]
 
 import argparse
@@ -19,7 +20,7 @@ from pump import engine as E  # noqa: E402
 from pump import limits as L  # noqa: E402
 from pump import rx as RX  # noqa: E402
 from pump.limiter import Limiter  # noqa: E402
-from tools import bench_battery, bench_storage, mpy  # noqa: E402
+from tools import bench_battery, bench_sim, bench_storage, mpy  # noqa: E402
 
 OUT = ROOT / "build" / "bench.json"
 HORIZON_DAYS = 180
@@ -117,6 +118,8 @@ def main(argv=None):
     metrics.update(bench_battery.metrics())
     print("storage power-cut sweep, random resets and flash wear ...")
     metrics.update(bench_storage.metrics())
+    print("the virtual pump under MicroPython: speed, heap, compiled size ...")
+    metrics.update(bench_sim.metrics())
     OUT.parent.mkdir(exist_ok=True)
     old = json.loads(OUT.read_text()) if OUT.exists() else {}
     old.update(metrics)
@@ -133,7 +136,8 @@ def main(argv=None):
 
 
 MUST_BE_ZERO = ("dosing.alloc_bytes_per_pulse_micropython", "battery.false_alarms",
-                "storage.recovery_failures", "storage.random_reset_failures")  # fmt: skip
+                "storage.recovery_failures", "storage.random_reset_failures",
+                "sim.heap_growth_bytes_10_30d")  # fmt: skip
 
 if __name__ == "__main__":
     sys.exit(main())

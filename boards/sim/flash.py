@@ -179,3 +179,124 @@ class RamFlash:
             self.erase(arg)
             return 0
         return None
+
+
+class FileFlash(RamFlash):
+    """The same NOR flash with its contents in a host file instead of a bytearray, so that the
+    image is not on the interpreter's heap (MicroPython heap measurements, long runs). Every
+    counter, the power-cut and tear behaviour and the block-device protocol are RamFlash's;
+    only where the bytes live differs. The file is created (erased) at `path`; close() closes
+    it and, with remove=True, deletes it."""
+
+    def __init__(self, path, block_size=4096, block_count=128, erased=0xFF):
+        # RamFlash.__init__ would allocate the whole image: set up the same fields instead.
+        self.block_size = block_size
+        self.block_count = block_count
+        self.erased = erased
+        self._blank = bytes([erased]) * block_size
+        self.path = path
+        self._f = open(path, "w+b")
+        for _ in range(block_count):
+            self._f.write(self._blank)
+        self._f.flush()
+        self.erases = [0] * block_count
+        self.ops = 0
+        self.progs = 0
+        self.erase_total = 0
+        self.reads = 0
+        self.overprogs = 0
+        self.cut_at = None
+        self.tear = 0
+        self.dead = False
+        self.cuts = 0
+        self.boots = 0
+        self.on_op = None
+
+    def close(self, remove=False):
+        if self._f is not None:
+            self._f.close()
+            self._f = None
+        if remove:
+            import os
+
+            os.remove(self.path)
+
+    def _read_at(self, start, size):
+        f = self._f
+        f.seek(start)
+        data = f.read(size)
+        if len(data) != size:
+            raise OSError("flash file %s is shorter than the flash" % self.path)
+        return data
+
+    def _write_at(self, start, data):
+        f = self._f
+        f.seek(start)
+        f.write(data)
+
+    def read(self, block, off, size):
+        self._alive()
+        self._check(block, off, size)
+        self.reads += 1
+        return bytes(self._read_at(block * self.block_size + off, size))
+
+    def prog(self, block, off, data):
+        self._alive()
+        size = len(data)
+        self._check(block, off, size)
+        cut = self._cut_now()
+        n = min(self.tear, size) if cut else size
+        start = block * self.block_size + off
+        if n:
+            old = self._read_at(start, n)
+            if old == self._blank[:n]:
+                self._write_at(start, data[:n])
+            else:
+                # NOR: a program can only clear bits.
+                self.overprogs += 1
+                new = bytearray(n)
+                for i in range(n):
+                    new[i] = old[i] & data[i]
+                self._write_at(start, new)
+        if cut:
+            raise PowerCut("power cut during program of block %d at %d" % (block, off))
+        self.progs += 1
+        self._done("p", block, off, data)
+
+    def erase(self, block):
+        self._alive()
+        self._check(block, 0, self.block_size)
+        start = block * self.block_size
+        if self._cut_now():
+            n = min(self.tear, self.block_size)
+            if n:
+                self._write_at(start, self._blank[:n])
+            raise PowerCut("power cut during erase of block %d" % block)
+        self._write_at(start, self._blank)
+        self.erases[block] += 1
+        self.erase_total += 1
+        self._done("e", block, 0, None)
+
+    def image(self):
+        return bytes(self._read_at(0, self.block_size * self.block_count))
+
+    def load(self, image):
+        size = self.block_size * self.block_count
+        if len(image) != size:
+            raise ValueError("image is %d bytes, flash is %d" % (len(image), size))
+        self._write_at(0, image)
+
+    def readblocks(self, block_num, buf, offset=0):
+        if self.dead:
+            raise PowerCut("flash has no power")
+        start = block_num * self.block_size + offset
+        size = len(buf)
+        if block_num < 0 or offset < 0 or start + size > self.block_size * self.block_count:
+            raise ValueError(
+                "flash read out of range: block %d off %d size %d" % (block_num, offset, size)
+            )
+        self.reads += 1
+        f = self._f
+        f.seek(start)
+        if f.readinto(buf) != size:
+            raise OSError("flash file %s is shorter than the flash" % self.path)
