@@ -140,9 +140,11 @@ class Loop:
 
     def _insert(self, entry):
         # Few timers are ever pending (one per task), so a sorted list beats a heap here.
+        # Sequence numbers only grow, so the new entry goes after every one due at its time.
         tm = self._timers
+        w = entry[0]
         i = len(tm)
-        while i and (tm[i - 1][0], tm[i - 1][1]) > (entry[0], entry[1]):
+        while i and tm[i - 1][0] > w:
             i -= 1
         tm.insert(i, entry)
 

@@ -4,6 +4,11 @@
 import binascii
 import struct
 
+try:
+    from array import array as _array
+except ImportError:  # pragma: no cover - both runtimes have array
+    _array = list
+
 # Value tags. Integers are zig-zag varints, so small values of either sign take one byte.
 T_NONE = 0
 T_INT = 1
@@ -17,6 +22,8 @@ MAGIC = b"IT"
 FRAME = "<2sBBII"  # magic, format version, kind, sequence number, payload length
 FRAME_LEN = 12
 INT_LIMIT = 1 << 64  # integers are stored only within +-2**64
+_SMALL = 0x3FFFFFFF  # a small int on every port: no long arithmetic in the fast path
+_NEG_LIMIT = -INT_LIMIT  # made once: a negation per encoded int allocated a long int each time
 CRC_LEN = 4
 
 
@@ -37,7 +44,8 @@ def _varint(out, n):
 
 def encode(value, out=None):
     """Append the encoding of value (None, bool, int, str, bytes, list or tuple, or an object
-    with key() or as_tuple()) to the bytearray out; returns out. Integers must lie within
+    with key() or as_tuple()) to the bytearray out; returns out. An int array is written as
+    the list of its items. Integers must lie within
     +-2**64."""
     if out is None:
         out = bytearray()
@@ -48,7 +56,7 @@ def encode(value, out=None):
     elif value is False:
         out.append(T_FALSE)
     elif isinstance(value, int):
-        if not -INT_LIMIT <= value <= INT_LIMIT:
+        if not _NEG_LIMIT <= value <= INT_LIMIT:
             # decode() reads at most 11 varint bytes; refuse here rather than write what
             # could never be read back.
             raise ValueError("integer too large for the record format")
@@ -63,11 +71,21 @@ def encode(value, out=None):
         out.append(T_BYTES)
         _varint(out, len(value))
         out.extend(value)
-    elif isinstance(value, (list, tuple)):
+    elif isinstance(value, (list, tuple, _array)):
         out.append(T_LIST)
         _varint(out, len(value))
         for v in value:
-            encode(v, out)
+            if type(v) is int and 0 <= v <= _SMALL:
+                # Inline, as encode() would write it: most of a state record is such ints
+                # (the limiter's 1,441 buckets), and the call per item was most of a commit.
+                out.append(T_INT)
+                z = v << 1
+                while z > 0x7F:
+                    out.append((z & 0x7F) | 0x80)
+                    z >>= 7
+                out.append(z)
+            else:
+                encode(v, out)
     elif hasattr(value, "key"):
         encode(value.key(), out)
     elif hasattr(value, "as_tuple"):
@@ -139,9 +157,12 @@ def decode(buf):
 
 def frame(kind, version, seq, payload):
     """A record: header, payload, then the CRC-32 of both."""
-    rec = bytearray(struct.pack(FRAME, MAGIC, version, kind, seq, len(payload)))
-    rec.extend(payload)
-    rec.extend(struct.pack("<I", crc32(rec)))
+    # One buffer of the final size: growing it by extend() copied the state record twice.
+    n = len(payload)
+    rec = bytearray(FRAME_LEN + n + CRC_LEN)
+    struct.pack_into(FRAME, rec, 0, MAGIC, version, kind, seq, n)
+    rec[FRAME_LEN : FRAME_LEN + n] = payload
+    struct.pack_into("<I", rec, FRAME_LEN + n, crc32(memoryview(rec)[: FRAME_LEN + n]))
     return rec
 
 

@@ -168,7 +168,11 @@ class Limiter:
         """The window and the dose bookkeeping as plain values. Buckets are listed oldest
         first, so the ring position need not be stored."""
         b = self._buckets
-        ring = [b[(self._pos + 1 + k) % _BUCKETS] for k in range(_BUCKETS)]
+        p = self._pos + 1
+        # Oldest first; as an int array (4 bytes a bucket) where there is one, which the codec
+        # writes as the same list: a list of 1,441 would be the largest block of a commit.
+        ring = b[p:]
+        ring.extend(memoryview(b)[:p] if array else b[:p])
         return [self._cur, self.window_ng, self._acc, self._last_day, self._last_t, self.blocked,
                 self.pulses, self._bridge_left, self._bridged, self._whole, self._remc,
                 self._old_whole, self._old_remc, self._next_whole, self._next_remc, ring,
