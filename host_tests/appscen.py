@@ -411,7 +411,7 @@ def hung_task(task, at_ms, until_ms, twin):
     out = Scenario().play([(at_ms, "hang", task)], until_ms).finish()
     fail = []
     check_log(fail, out)
-    check_restart(fail, out, "watchdog", "watchdog_or_brownout")
+    check_restart(fail, out, "watchdog", "watchdog")
     if fail:
         return fail, out
     r = out.resets[0][0]

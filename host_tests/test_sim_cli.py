@@ -184,7 +184,7 @@ def test_the_event_log_is_whole_and_matches_the_run(runs, runtime):
     seqs = [e["seq"] for e in r.events]
     assert seqs == list(range(1, len(seqs) + 1))
     assert s["log"]["records"] == len(seqs) and s["log"]["problems"] == []
-    assert [e["args"][:2] for e in r.named("reset")] == [["power_on", "new"]]
+    assert [e["args"][:2] for e in r.named("reset")] == [["power_on_or_brownout", "new"]]
     assert s["resets"] == []
     (prog,) = r.named("program")
     rx = prog["args"][1]
@@ -235,9 +235,9 @@ def test_faults_show_as_resets_with_their_causes(runs, runtime):
     s = r.summary
     causes = [(x["cause"], x["firmware_cause"], x["late_task"]) for x in s["resets"]]
     assert causes == [
-        ("watchdog", "watchdog_or_brownout", "dosing"),
-        ("power_on", "power_on", None),
-        ("power_on", "power_on", None),
+        ("watchdog", "watchdog", "dosing"),
+        ("power_on", "power_on_or_brownout", None),
+        ("power_on", "power_on_or_brownout", None),
     ]
     hang, cut, cut_mid = s["resets"]
     # The watchdog reset the board within its timeout after the dosing task's grace ran out.
@@ -247,8 +247,9 @@ def test_faults_show_as_resets_with_their_causes(runs, runtime):
     assert all(x["state_from"] in ("a", "b") for x in s["resets"])
     # The pump's log saw the same boots.
     resets = [e["args"][:2] for e in r.named("reset")]
-    assert resets[0] == ["power_on", "new"]
-    assert [x[0] for x in resets[1:]] == ["watchdog_or_brownout", "power_on", "power_on"]
+    assert resets[0] == ["power_on_or_brownout", "new"]
+    assert [x[0] for x in resets[1:]] == [
+        "watchdog", "power_on_or_brownout", "power_on_or_brownout"]
     assert [x[1] for x in resets[1:]] == [x["state_from"] for x in s["resets"]]
     assert [f["kind"] for f in s["faults"]] == ["hang", "power_cut", "power_cut", "occlusion",
                                                 "occlusion_end", "button"]  # fmt: skip

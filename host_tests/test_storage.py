@@ -481,7 +481,7 @@ def test_clock_hold_refuses_schedule_changes_until_set():
 def test_first_boot_is_new_and_stopped_without_self_test_alarm():
     _fl, fs = new_fs()
     b, rig = boot(fs, plant(), cause="power_on")
-    assert (b.source, b.cause, b.problems) == ("new", "power_on", [])
+    assert (b.source, b.cause, b.problems) == ("new", "power_on_or_brownout", [])
     assert rig.sup.engine.mode == E.MODE_STOPPED
     assert latched(rig.sup, A.SELF_TEST) is None
     assert "commissioned" in names(rig.journal.pending)
@@ -620,12 +620,12 @@ def test_reset_marker_names_an_intended_reset_and_is_consumed():
     rig.save()
     last_reset = [r[2] for r in log_records(rig.store.fs) if r[2][2] == "reset"][-1]
     assert last_reset[3][0] == "intended:update"
-    # The next reset has no marker: the hardware's watchdog may be a brownout.
-    b2, rig2 = boot(cycle(fl), pl, shell_now=0, rtc=rig.sup.wall_ms(), cause="watchdog")
-    assert b2.cause == "watchdog_or_brownout"
+    # The next reset has no marker: the hardware's power-on may be a brownout.
+    b2, rig2 = boot(cycle(fl), pl, shell_now=0, rtc=rig.sup.wall_ms(), cause="power_on")
+    assert b2.cause == "power_on_or_brownout"
     rig2.save()
     last_reset = [r[2] for r in log_records(rig2.store.fs) if r[2][2] == "reset"][-1]
-    assert last_reset[3][0] == "watchdog_or_brownout"
+    assert last_reset[3][0] == "power_on_or_brownout"
 
 
 # ---- the event log -------------------------------------------------------------------------

@@ -153,11 +153,11 @@ class Storage:
 
 def reset_cause(marker, hw_cause):
     """Our own marker names an intentional reset; without one, the hardware's cause, where a
-    watchdog reset may also be a brownout."""
+    power-on may also be a brownout (MicroPython 1.29 on the ESP32 reports both alike)."""
     if marker:
         return "intended:" + marker
-    if hw_cause == "watchdog":
-        return "watchdog_or_brownout"
+    if hw_cause == "power_on":
+        return "power_on_or_brownout"
     return hw_cause or "unknown"
 
 
