@@ -3,11 +3,7 @@
 
 import binascii
 import struct
-
-try:
-    from array import array as _array
-except ImportError:  # pragma: no cover - both runtimes have array
-    _array = list
+from array import array as _array
 
 # Value tags. Integers are zig-zag varints, so small values of either sign take one byte.
 T_NONE = 0

@@ -1,10 +1,7 @@
 # Independent safety limiter: asked before every pulse, it counts only pulses actually commanded.
 # It shares no code with the scheduler, so a scheduler bug cannot push delivery past a limit.
 
-try:
-    from array import array
-except ImportError:  # pragma: no cover - both runtimes have array
-    array = None
+from array import array
 
 from pump import limits as L
 from pump.compat import const
@@ -29,7 +26,7 @@ class Limiter:
         if self._den > _SMALL:
             raise ValueError("calibration denominator too large for the limiter")
         self.set_limits(lim)
-        self._buckets = array("i", [0] * _BUCKETS) if array else [0] * _BUCKETS
+        self._buckets = array("i", [0] * _BUCKETS)
         self._cur = -1  # absolute minute index of the newest bucket
         self._pos = 0  # its slot in the ring
         self.window_ng = 0
@@ -169,10 +166,10 @@ class Limiter:
         first, so the ring position need not be stored."""
         b = self._buckets
         p = self._pos + 1
-        # Oldest first; as an int array (4 bytes a bucket) where there is one, which the codec
+        # Oldest first; as an int array (4 bytes a bucket), which the codec
         # writes as the same list: a list of 1,441 would be the largest block of a commit.
         ring = b[p:]
-        ring.extend(memoryview(b)[:p] if array else b[:p])
+        ring.extend(memoryview(b)[:p])
         return [self._cur, self.window_ng, self._acc, self._last_day, self._last_t, self.blocked,
                 self.pulses, self._bridge_left, self._bridged, self._whole, self._remc,
                 self._old_whole, self._old_remc, self._next_whole, self._next_remc, ring,
