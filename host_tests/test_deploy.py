@@ -28,7 +28,8 @@ def _firmware_modules():
     names = set()
     for pkg in ("pump", "hal"):
         names |= {p.relative_to(fw).with_suffix("").as_posix() for p in (fw / pkg).rglob("*.py")}
-    return names | {"app"}
+    # Every top-level module but main.py (which goes to the root as source).
+    return names | {p.stem for p in fw.glob("*.py") if p.name != "main.py"}
 
 
 @pytest.mark.parametrize("board", sorted(BOARDS))
@@ -55,6 +56,7 @@ def test_deploy_dry_run_prints_every_step(board, capsys):
         f"cp -r {stage}pump :/lib",
         f"cp -r {stage}hal :/lib",
         f"cp {stage}app.mpy :/lib/app.mpy",
+        f"cp {stage}rig.mpy :/lib/rig.mpy",
         f"cp boards/{board}/board.py :/board.py",
         "cp firmware/main.py :/main.py",
         "reset",

@@ -20,7 +20,7 @@ FLASH_OFFSET = {"esp32": "0x1000", "esp32s3": "0x0", "esp32c3": "0x0", "esp32c6"
 FLASH_BAUD = 460_800
 # What deploy copies into /lib (as .mpy); board.py and main.py go to the root as source.
 LIB_PACKAGES = ("pump", "hal")
-LIB_MODULES = ("app",)
+LIB_MODULES = ("app", "rig")
 # Runs on the board before the copy (tools/deploy_prep.py): holds off the pump's watchdog for
 # the copy and removes the old firmware from /lib, never the pump's data.
 PREP = ROOT / "tools" / "deploy_prep.py"

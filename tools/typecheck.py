@@ -1,6 +1,6 @@
 # Type-checks the firmware and each ESP32 board file with mypy against that board's published
 # MicroPython stubs (`make lint`), so firmware only calls APIs that exist on the chip.
-"""For each board folder whose board.py names a CHIP, mypy checks firmware/app.py, main.py,
+"""For each board folder whose board.py names a CHIP, mypy checks firmware/*.py (app, main, rig),
 hal/ and pump/ with that board.py as the module `board` (as on the device), using the chip's
 stub set (installed by tools/bootstrap.py into <venv>/stubs/<chip>/) as both the typeshed and
 the modules machine, esp32, time, micropython... Settings: [tool.mypy] in pyproject.toml."""
@@ -19,7 +19,7 @@ from tools.deploy import board_chips  # noqa: E402 - needs the repo root on the 
 
 def firmware_files(root):
     fw = root / "firmware"
-    files = [fw / "app.py", fw / "main.py"]
+    files = sorted(fw.glob("*.py"))  # app.py, main.py, rig.py
     files += sorted((fw / "hal").rglob("*.py")) + sorted((fw / "pump").rglob("*.py"))
     return [f for f in files if f.is_file()]
 

@@ -1,8 +1,31 @@
 # Board definition of the reference bench rig on an ESP32-S3-DevKitC-1 with a TMC2209 driver in
 # standalone STEP/DIR mode: pin map, mechanism, cell and timings. Deployed as board.py.
 
-from pump import battery, calib, limits, persist, supervisor
+import rig
+from pump import battery
 from pump.compat import const
+from rig import (  # noqa: F401 - the rig's data, read by the app and the hardware layer
+    ADC_CAL,
+    BATTERY_PLAUSIBLE_MV,
+    CELL,
+    CHECKPOINT_BATCH_PULSES,
+    DATA_PREFIX,
+    ERI_MARGIN_DAYS,
+    FIRST_BOOT,
+    LEAD_PITCH_UM,
+    LOG_SEGMENT_BYTES,
+    LOG_SEGMENTS,
+    MICROSTEPS,
+    MOTOR_CURRENT_MA,
+    PUMP_DEAD_VOLUME_NL,
+    RESERVOIR_NL,
+    STEPS_PER_REV,
+    SYRINGE_BORE_UM,
+    USTEPS_PER_PULSE,
+    WDT_TIMEOUT_MS,
+    calibration,
+    settings,
+)
 
 NAME = "esp32_s3"
 CHIP = "esp32s3"  # esptool's --chip, the stub set `make lint` checks against (tools/deploy.py)
@@ -37,88 +60,13 @@ STEP_PERIOD_US = const(250)  # 4000 microsteps/s: 75 rpm, 1 mm/s at the plunger
 EN_SETTLE_US = const(1_000)  # coil current up before the first step
 HOLD_US = const(2_000)  # the rotor settles on its detent before the driver lets go
 
-# ---- the mechanism: the reference rig, as in boards/sim ----
-# A 10 mL syringe of 14.5 mm bore on an M5 lead screw (0.8 mm pitch), a 200 step/rev motor at 16
-# microsteps (TMC2209 MS1 and MS2 both high; the driver interpolates to 256). One pulse is one
-# full step (16 microsteps): the rotor then rests on a detent between pulses, so the driver may
-# be switched off without losing position (ENN only switches the bridges off).
-SYRINGE_BORE_UM = 14_500
-LEAD_PITCH_UM = 800
-STEPS_PER_REV = 200
-MICROSTEPS = 16
-USTEPS_PER_PULSE = 16
-RESERVOIR_NL = 10_000_000  # the syringe's 10 mL
-# Syringe tip and outlet tubing up to the catheter connector: old drug after a strength change.
-PUMP_DEAD_VOLUME_NL = 250_000
-
-# ---- the cell ----
-# A 1S LiPo (rechargeable): ERI and EOS sit above the protection cut-off so the board warns
-# while it can still run, and a rest voltage above full_mv means it was charged.
-CELL = battery.Cell(
-    "lipo-1s-1000mah",
-    capacity_uah=1_000_000,
-    eri_mv=3550,
-    eos_mv=3400,
-    hyst_mv=50,
-    eos_reserve_pct=5,
-    full_mv=4150,
-    ocv=(
-        (0, 4200),
-        (100, 4050),
-        (300, 3900),
-        (500, 3800),
-        (700, 3720),
-        (850, 3650),
-        (930, 3550),
-        (970, 3400),
-        (1000, 3000),
-    ),  # fmt: skip
-    r_mohm=150,
-)
-# A dev board's LiPo lasts about a day, so a margin in days means nothing here: ERI and EOS come
-# from the voltage, and a charged reading restarts the budget.
-ERI_MARGIN_DAYS = 0
+# ---- the mechanism, cell, storage and commissioning: the reference rig (firmware/rig.py) ----
 # An awake ESP32-S3 with the radio off draws some 40-50 mA; measure the board to refine it.
 ENERGY = battery.Energy(quiescent_ua=45_000, pulse_nc=2_000_000, radio_ua=100_000, margin_pct=20)
-MOTOR_CURRENT_MA = 300
-# 100k/100k divider: 4.2 V at the cell is 2.1 V at the pin, inside the 11 dB range. Replace with
-# battery.two_point(...) from two meter readings for the +-20 mV the bench asks for.
-ADC_CAL = battery.AdcCal(2, 1)
-# A reading outside this is a broken divider or ADC, not the cell (the self test says so).
-BATTERY_PLAUSIBLE_MV = (2_800, 4_400)
-
-# ---- storage and supervision ----
-DATA_PREFIX = "/data"  # the pump's files on the littlefs root; deploy never touches them
-# At most this many pulses go out after a saved checkpoint (docs/storage.md).
-CHECKPOINT_BATCH_PULSES = 32
-LOG_SEGMENT_BYTES = 8192
-LOG_SEGMENTS = 16
-# Fed every 10 s by the application's supervisor while every task is on time.
-WDT_TIMEOUT_MS = 30_000
-# Bench commissioning settings of an empty pump, until a programmer (the BLE issue) sets them.
-FIRST_BOOT = (
-    limits.ClinicianLimits(
-        max_24h_ng=800_000, max_bolus_ng=100_000, max_rate_nl_per_day=10_000_000,
-        dose_step_pct=30,
-    ),
-    500,
-    2_000_000,
-)  # fmt: skip
-
-
-def calibration():
-    return calib.from_geometry(
-        SYRINGE_BORE_UM, LEAD_PITCH_UM, STEPS_PER_REV, MICROSTEPS, USTEPS_PER_PULSE
-    )
-
-
-def settings():
-    return supervisor.Settings(PUMP_DEAD_VOLUME_NL, batch_pulses=CHECKPOINT_BATCH_PULSES)
 
 
 def plant():
-    return persist.Plant(NAME, calibration(), RESERVOIR_NL, CELL, ENERGY, ADC_CAL,
-                         ERI_MARGIN_DAYS, settings())  # fmt: skip
+    return rig.plant(NAME, ENERGY)
 
 
 def make_hal():
