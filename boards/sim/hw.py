@@ -25,12 +25,19 @@ class Mechanism:
         self._jammed = False
         self._fail = 0
 
-    def pulse(self):
+    def _stalls(self):
+        # Counts the attempt; True if the motor does not move this time (jammed, or one of the
+        # pulses fail_next() asked for).
         self.attempts += 1
         if self._jammed:
-            return False
+            return True
         if self._fail:
             self._fail -= 1
+            return True
+        return False
+
+    def pulse(self):
+        if self._stalls():
             return False
         self.done += 1
         return True

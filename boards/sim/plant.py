@@ -1,7 +1,7 @@
 # The bench rig's physics for the virtual pump: plunger and end stop, syringe and line compliance,
 # the drug in the line, and injectable stall and occlusion. Integers only, on both runtimes.
 
-from boards.sim import board
+from boards.sim import board, hw
 from pump.intmath import gcd
 
 # Compliance of the syringe and line, relaxing through the catheter's resistance: the volume the
@@ -15,7 +15,7 @@ _Q = 32  # fixed-point fraction bits of the decay factors
 _ONE = 1 << _Q
 
 
-class Plant:
+class Plant(hw.Mechanism):
     """The reference rig: a syringe whose plunger is driven in microsteps by the lead screw, the
     line from it to the catheter tip, and the compliance between them.
 
@@ -59,12 +59,9 @@ class Plant:
         self.pushed_u = 0  # out of the syringe, all time
         self.stored_u = 0  # in the compliance at time t
         self.dose_num = 0  # drug pushed out of the line's tip end: units x ug/mL, all time
-        self.attempts = 0
-        self.done = 0
+        super().__init__()  # attempts, done, and the injected stall (fail_next, jam, free)
         self.lost = 0  # pulses whose steps were lost against the force limit
         self.end_stops = 0  # pulses that ran into the end stop
-        self._fail = 0
-        self._jammed = False
         self.occluded = False
         # Dose of every confirmed pulse (units x ug/mL), for the runner to drain; None: not kept.
         self.doses = [] if record else None
@@ -116,25 +113,9 @@ class Plant:
 
     # ---- the mechanism interface ----
 
-    def fail_next(self, n):
-        """The next n pulses stall (the motor does not move)."""
-        self._fail += n
-
-    def jam(self):
-        """A stall until free(): the motor does not move."""
-        self._jammed = True
-
-    def free(self):
-        self._jammed = False
-        self._fail = 0
-
     def pulse(self):
         """One pulse of usteps_per_pulse microsteps. True only if the plunger moved all of them."""
-        self.attempts += 1
-        if self._jammed:
-            return False
-        if self._fail:
-            self._fail -= 1
+        if self._stalls():
             return False
         self._settle(self._now())
         move = self.travel - self.pos  # microsteps this pulse can make before the end stop
