@@ -16,9 +16,13 @@ _IDLE = const(-1)  # a task waiting for work that is not due: no deadline
 
 # A woken task gets this long to do its work and check in again. Generous against the event
 # loop's worst latency (a flash erase, a BLE event), short against the watchdog's timeout.
-GRACE_MS = const(2_000)
-# A commit rewrites a few blocks of flash: a few hundred ms on an ESP32 at worst.
-COMMIT_MAX_MS = const(5_000)
+GRACE_MS = const(5_000)
+# A commit rewrites a few blocks of flash: a few hundred ms on an ESP32, more when littlefs
+# compacts a directory; this leaves a wide margin.
+COMMIT_MAX_MS = const(10_000)
+# What request() returns for a change that was applied but could not be saved (storage failed:
+# the self-test alarm is on, and a power cut would undo it).
+NOT_SAVED = "not_saved"
 # The requests a programmer (the radio, the sim's script) may make, by supervisor method.
 REQUESTS = ("program", "set_mode", "set_limits", "clinician_bolus", "patient_bolus", "prime",
             "clear_fault", "set_low_threshold", "acknowledge", "snooze", "alarm_test",
@@ -51,6 +55,8 @@ class App:
         self._commit_wanted = False
         self._attempts = 0  # commits tried, for requests waiting for theirs
         self._rtc_jump = False
+        self._presses = 0  # button presses the button task has taken
+        self._press_waiting = False  # a press was waiting at the watchdog's last look
         self.radio = None  # the BLE service (a later issue): an object with run(app)
 
     # ---- boot ----
@@ -93,15 +99,18 @@ class App:
         return bad
 
     async def request(self, name, *args):
-        """submit(), then wait until the change is saved: only then may a programmer be told
-        it was done."""
+        """submit(), then wait for the commit that saves it: only then may a programmer be told
+        it was done. Returns None (done and saved), the Refusal (nothing changed), or NOT_SAVED
+        (done, but the commit failed: it runs from RAM, and a power cut would undo it)."""
         bad = self.submit(name, *args)
+        if bad is not None:
+            return bad
         n = self._attempts
         # While storage is failing, the request could only be one of the few still allowed
         # (set_mode, clear_fault, acknowledge): answer at once rather than after the retry.
         while self._attempts == n and self._commit_wanted and self.sup.storage_ok:
             await self.aio.sleep_ms(10)
-        return bad
+        return None if not self._commit_wanted else NOT_SAVED
 
     def acknowledge_all(self):
         """The pump's button: acknowledge every latched alarm not yet acknowledged."""
@@ -122,6 +131,7 @@ class App:
         aio = self.aio
         hal = self.hal
         self._flags = [aio.ThreadSafeFlag() for _ in TASK_NAMES]
+        self._presses = hal.button.presses  # presses before this boot are not ours to take
         hal.button.attach(self._flags[BUTTON])
         try:
             self._tasks = [
@@ -230,7 +240,13 @@ class App:
                 await clock.wait_until(clock.now_ms() + P.RETRY_MS, flag)
 
     def _commit(self):
-        ok = self.store.commit(self.sup, self.journal, self.hal.rtc.now_ms())
+        # The RTC as it read at the supervisor's last advance, where the saved state stands: a
+        # commit made later (a button press, a hung dosing task) would otherwise make the next
+        # boot's outage too short by the difference, and the schedule slip by as much.
+        rtc = self.hal.rtc.now_ms()
+        if rtc is not None:
+            rtc -= self.clock.now_ms() - self.sup.last_advance_ms()
+        ok = self.store.commit(self.sup, self.journal, rtc)
         self._attempts += 1
         if ok:
             self._commit_wanted = False
@@ -238,8 +254,10 @@ class App:
 
     async def _button(self):
         flag = self._flags[BUTTON]
+        button = self.hal.button
         while True:
             await flag.wait()
+            self._presses = button.presses
             self.acknowledge_all()
 
     async def _watchdog(self):
@@ -255,9 +273,11 @@ class App:
                 if late is None:
                     wdt.feed()
                 else:
-                    # Never fed again: the hardware resets the board. No commit here: the
-                    # stuck task may be the one that commits.
+                    # Never fed again: the hardware resets the board. The storage task may
+                    # save the record before then, unless it is the one that is stuck.
                     self.hung = TASK_NAMES[late]
+                    self.sup.log("task_hung", self.hung)
+                    self._want_commit()
             await self.aio.sleep_ms(period)
 
     def _late(self, now):
@@ -268,4 +288,10 @@ class App:
         for i in range(len(d)):
             if d[i] != _IDLE and now > d[i] and (late is None or d[i] < d[late]):
                 late = i
+        # The button task has no timer: a press its interrupt counted that is still not taken
+        # at two looks in a row (a third of the watchdog's timeout apart) means it is stuck.
+        waiting = self.hal.button.presses != self._presses
+        if late is None and waiting and self._press_waiting:
+            late = BUTTON
+        self._press_waiting = waiting
         return late

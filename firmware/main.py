@@ -44,6 +44,20 @@ def _print_exception(e):
         show(e)
 
 
+def _sound_boot_failure(hal):
+    # The pump cannot deliver: say so out loud (the high-priority pattern, five short tones
+    # every ten seconds) until the next try, rather than wait in silence.
+    waited = 0
+    while waited < BOOT_RETRY_MS:
+        for _ in range(5):
+            hal.buzzer.set(True)
+            time.sleep_ms(150)
+            hal.buzzer.set(False)
+            time.sleep_ms(150)
+        time.sleep_ms(8_500)
+        waited += 10_000
+
+
 def run(board, app, hal):
     """Boot and run one pump; returns the reason it stopped ("console" after a Ctrl-C, else a
     crash's exception name: "boot_failed:..." before therapy ran, "crash:..." after), once the
@@ -79,7 +93,7 @@ def main():
     if reason == CONSOLE:
         return
     if reason.startswith("boot_failed:"):
-        time.sleep_ms(BOOT_RETRY_MS)
+        _sound_boot_failure(hal)
     hal.reboot()
 
 

@@ -8,6 +8,7 @@ CPython and MicroPython alike: no hypothesis, no zip(strict=...), no f-strings."
 import os
 from array import array
 
+import app as APP
 from boards.sim import board, flash, vpump
 from pump import alarms as A
 from pump import limits as L
@@ -45,11 +46,19 @@ BOLUS_MS = {"clinician_bolus": CLINICIAN_BOLUS[1] * SEC, "patient": DEMO.patient
 # (FileFlash), which keeps MicroPython's heap small and unfragmented by 256 KB images.
 FLASH_DIR = None
 _files = [0]
-TASKS = ("dosing", "monitor", "storage")  # the tasks that promise deadlines to the watchdog
+# Every task of the application: the first three promise deadlines to the watchdog supervisor,
+# the button's press must be taken within two of its looks, and main is the supervisor itself.
+TASKS = ("dosing", "monitor", "storage", "button", "main")
 # How long after its promise broke the watchdog restarts the board: the supervisor looks every
 # third of the timeout, then the timeout runs out.
 WDT_MS = board.WDT_TIMEOUT_MS
-RESTART_MS = WDT_MS + WDT_MS // 3 + 2 * SEC
+RESTART_MS = WDT_MS + WDT_MS // 3 + APP.GRACE_MS
+# How long a hung task can go unnoticed: the dosing task wakes at least every pulse period
+# (under 2 min), the monitor at the hourly battery sample, storage at the commit of a batch
+# (32 pulses, under 1 h); a press waits for the button task (pressed a minute after its hang)
+# over two of the supervisor's looks; the supervisor itself feeds no more at once.
+DETECT_MS = {"dosing": 2 * MIN, "monitor": HOUR + 10 * MIN, "storage": HOUR + 10 * MIN,
+             "button": MIN + 2 * (WDT_MS // 3), "main": 0}  # fmt: skip
 # After a restart, pulses due within this long may stay counted but unsent (the drift
 # allowance of docs/storage.md: 5 s plus 200 ppm of at most six hours).
 ALLOW_MS = 10 * SEC
@@ -408,20 +417,22 @@ def check_restart(fail, out, cause, logged_cause):
 def hung_task(task, at_ms, until_ms, twin):
     """A task hangs at at_ms. The watchdog restarts the board, therapy resumes from flash:
     the pulses due while hung and rebooting are skipped, never made up or repeated."""
-    out = Scenario().play([(at_ms, "hang", task)], until_ms).finish()
+    actions = [(at_ms, "hang", task)]
+    if task == "button":
+        actions.append((at_ms + MIN, "press", None))  # a stuck button task shows when needed
+    out = Scenario().play(actions, until_ms).finish()
     fail = []
     check_log(fail, out)
     check_restart(fail, out, "watchdog", "watchdog")
     if fail:
         return fail, out
     r = out.resets[0][0]
-    # The supervisor stopped feeding because a promise broke: the hung task's, or the dosing
-    # task's, which waits for the storage task's checkpoint.
-    if out.restarts[0][2] not in (task, "dosing"):
-        fail.append("the watchdog supervisor found %r late, not %s" % (out.restarts[0][2], task))
-    # Detection: the dosing task wakes at least every pulse period (under 2 min), the monitor
-    # at the hourly battery sample, storage at the commit of a batch (32 pulses, under 1 h).
-    if not at_ms < r <= at_ms + HOUR + RESTART_MS + 10 * MIN:
+    # The supervisor stopped feeding because that task's promise broke first (a hung main task
+    # is the supervisor: nobody names it, the watchdog just starves).
+    want = None if task == "main" else task
+    if out.restarts[0][2] != want:
+        fail.append("the watchdog supervisor found %r late, not %s" % (out.restarts[0][2], want))
+    if not at_ms < r <= at_ms + DETECT_MS[task] + RESTART_MS:
         fail.append("restart %d ms after the hang" % (r - at_ms))
     d, w = out.delivered, twin.delivered
     check_same(fail, "before the hang", between(d, 0, at_ms), between(w, 0, at_ms))

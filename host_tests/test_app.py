@@ -164,3 +164,40 @@ def test_a_request_between_wakeups_acts_at_its_own_time(kind, offset_ms):
     else:
         starts = [w for w, args in out.events("bolus_start") if args[0] != "periodic"]
         assert starts == [S.W0 + at]
+
+
+# ---- requests are answered only once saved --------------------------------------------------
+
+
+@pytest.mark.req("SR-32", "SR-43")
+def test_a_request_that_cannot_be_saved_is_answered_not_saved():
+    # Storage fails at the commit of an accepted request: the change runs (undoing it would be
+    # a change nobody asked for), and the programmer is told it is not saved, never "done".
+    import app as APP
+
+    sc = S.Scenario()
+    vp = sc.vp
+    a = vp.app
+    sup = vp.sup
+    out = []
+
+    def broken(_payload):
+        raise OSError(28, "no space left on the device")
+
+    def ask(name, *args):
+        async def go():
+            out.append(await a.request(name, *args))
+
+        vp.loop.create_task(go())
+        vp.run_until(vp.loop.now + SEC)
+        return out[-1]
+
+    assert ask("clinician_bolus", *S.CLINICIAN_BOLUS) is None  # saved: the ordinary answer
+    a.store.state.save = broken
+    assert ask("set_low_threshold", 3_000_000) == APP.NOT_SAVED
+    assert sup.reservoir.low_nl == 3_000_000  # applied all the same
+    assert not sup.storage_ok
+    assert any(r[0] == A.SELF_TEST for r in sup.alarms.active())
+    # While storage fails, a therapy change is refused with its reason and changes nothing.
+    bad = ask("program", S.DEMO, True)
+    assert bad is not None and bad != APP.NOT_SAVED and bad.code != 0

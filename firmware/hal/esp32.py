@@ -208,6 +208,10 @@ class Motor:
         self._want_edges = 0
         self._edge_tol = 0
         if b.PIN_ENCODER is not None:
+            if b.ENCODER_EDGES_PER_PULSE < 1:
+                # An encoder that expects no edges would confirm every pulse: refuse to run
+                # rather than believe a jammed motor.
+                raise ValueError("board.py fits an encoder but sets no ENCODER_EDGES_PER_PULSE")
             self._want_edges = b.ENCODER_EDGES_PER_PULSE
             self._edge_tol = b.ENCODER_TOLERANCE
             self._enc = _input(b.PIN_ENCODER, b.ENCODER_PULL_UP)

@@ -146,6 +146,10 @@ class Supervisor:
     def now_ms(self):
         return self.engine.now_ms()
 
+    def last_advance_ms(self):
+        """The shell's time of the last advance(): what a saved state stands at."""
+        return self._last - self._offset
+
     def next_wake_ms(self):
         """When advance() must next run, in the shell's time."""
         t = self.engine.next_due_ms()

@@ -299,6 +299,53 @@ def test_motor_pulse_outcomes():
     assert en.value() == 1 - b.EN_ACTIVE
 
 
+def test_a_boot_failure_sounds_until_the_next_try():
+    # main.py's wait before it tries again: the high-priority pattern, not silence.
+    class Clock:
+        def __init__(self):
+            self.ms = 0
+
+        def sleep_ms(self, ms):
+            self.ms += ms
+
+    class Buzzer:
+        def __init__(self, clock):
+            self.clock = clock
+            self.ons = []
+
+        def set(self, on):
+            if on:
+                self.ons.append(self.clock.ms)
+
+    class Hal:
+        pass
+
+    clock = Clock()
+    h = Hal()
+    h.buzzer = Buzzer(clock)
+    real = MAIN.time
+    MAIN.time = clock
+    try:
+        MAIN._sound_boot_failure(h)
+    finally:
+        MAIN.time = real
+    assert clock.ms == MAIN.BOOT_RETRY_MS, clock.ms
+    ons = h.buzzer.ons
+    assert len(ons) == 5 * MAIN.BOOT_RETRY_MS // 10_000, ons
+    assert ons[5] - ons[0] == 10_000 and ons[1] - ons[0] == 300, ons
+
+
+def test_an_encoder_that_expects_no_edges_is_refused():
+    # It would confirm every pulse of a jammed motor.
+    b = variant(devkitc, PIN_ENCODER=39, ENCODER_EDGES_PER_PULSE=0, ENCODER_TOLERANCE=0)
+    try:
+        make(b)
+    except ValueError as e:
+        assert "ENCODER_EDGES_PER_PULSE" in str(e)
+    else:
+        raise AssertionError("a board with an encoder and no edges per pulse was accepted")
+
+
 def test_motor_encoder_check():
     b = variant(devkitc, PIN_ENCODER=39, ENCODER_EDGES_PER_PULSE=4, ENCODER_TOLERANCE=1)
     h = make(b)
@@ -322,8 +369,16 @@ def test_motor_encoder_check():
 def test_pulse_path_allocates_nothing():
     # The motor's share of the per-pulse path, as on the board (the fake RMT records without
     # allocating): 200 pulses under heap_lock.
-    b = variant(devkitc, PIN_ENCODER=39, ENCODER_EDGES_PER_PULSE=0, ENCODER_TOLERANCE=0)
+    b = variant(devkitc, PIN_ENCODER=39, ENCODER_EDGES_PER_PULSE=4, ENCODER_TOLERANCE=0)
     m = make(b).motor
+    enc = machine._pins[39]
+
+    def turn(_d):
+        # Four edges per pulse from the encoder's interrupt, inside the locked heap too.
+        for _ in range(4):
+            enc._drive(1 - enc.value())
+
+    esp32._rmts[0]._on_write = turn
     ok = 0
     micropython.heap_lock()
     try:
