@@ -5,7 +5,7 @@ import os
 
 import machine
 
-# The pump's watchdog (30 s) keeps running at the REPL; a copy over the serial link can take
+# The pump's watchdog (60 s) keeps running at the REPL; a copy over the serial link can take
 # longer. The reset at the end of the deploy ends this long timeout again.
 machine.WDT(id=0, timeout=600_000)
 

@@ -454,7 +454,7 @@ def test_reset_cause_self_test_watchdog():
     machine._adcs[b.PIN_BATTERY]._uv = 100_000  # 200 mV: the divider is open
     assert h.self_test() == ["driver_fault", "battery_adc"]
     w = h.watchdog(b.WDT_TIMEOUT_MS)
-    assert machine._state["wdt"] is w and w._timeout == 30_000
+    assert machine._state["wdt"] is w and w._timeout == b.WDT_TIMEOUT_MS == 60_000
     w.feed()
     assert w._feeds == 1
     h.reboot()
