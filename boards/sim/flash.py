@@ -30,16 +30,20 @@ class RamFlash:
     """
 
     def __init__(self, block_size=4096, block_count=128, erased=0xFF):
-        self.block_size = block_size
-        self.block_count = block_count
-        self.erased = erased
-        self._blank = bytes([erased]) * block_size
+        self._setup(block_size, block_count, erased)
         # Filled block by block, so the peak is one image plus one block (small heaps).
         self.buf = bytearray(block_size * block_count)
         for b in range(block_count):
             self.buf[b * block_size : (b + 1) * block_size] = self._blank
         # Reads copy out of a view: slicing the bytearray itself would allocate each time.
         self._view = memoryview(self.buf)
+
+    def _setup(self, block_size, block_count, erased):
+        # The geometry and the counters, whatever holds the bytes.
+        self.block_size = block_size
+        self.block_count = block_count
+        self.erased = erased
+        self._blank = bytes([erased]) * block_size
         self.erases = [0] * block_count
         self.ops = 0
         self.progs = 0
@@ -189,28 +193,13 @@ class FileFlash(RamFlash):
     it and, with remove=True, deletes it."""
 
     def __init__(self, path, block_size=4096, block_count=128, erased=0xFF):
-        # RamFlash.__init__ would allocate the whole image: set up the same fields instead.
-        self.block_size = block_size
-        self.block_count = block_count
-        self.erased = erased
-        self._blank = bytes([erased]) * block_size
+        # RamFlash.__init__ would allocate the whole image: only its geometry and counters.
+        self._setup(block_size, block_count, erased)
         self.path = path
         self._f = open(path, "w+b")
         for _ in range(block_count):
             self._f.write(self._blank)
         self._f.flush()
-        self.erases = [0] * block_count
-        self.ops = 0
-        self.progs = 0
-        self.erase_total = 0
-        self.reads = 0
-        self.overprogs = 0
-        self.cut_at = None
-        self.tear = 0
-        self.dead = False
-        self.cuts = 0
-        self.boots = 0
-        self.on_op = None
 
     def close(self, remove=False):
         if self._f is not None:
