@@ -114,9 +114,11 @@ class App:
 
     def acknowledge_all(self):
         """The pump's button: acknowledge every latched alarm not yet acknowledged."""
+        sup = self.sup
+        sup.advance(self.clock.now_ms(), self.hal.motor, self.hal.buzzer)  # as submit() does
         n = 0
-        for cid, _name, _prio, _present, acked, _snooze in self.sup.alarms.active():
-            if not acked and self.sup.acknowledge(cid) is None:
+        for cid, _name, _prio, _present, acked, _snooze in sup.alarms.active():
+            if not acked and sup.acknowledge(cid) is None:
                 n += 1
         if n:
             self._want_commit()
