@@ -44,6 +44,11 @@ class RamFlash:
         self.block_count = block_count
         self.erased = erased
         self._blank = bytes([erased]) * block_size
+        # Compared and copied through views: slices of the blank block, the image or the data
+        # would each allocate up to a block per program, heap a board's C driver never uses
+        # (and that the virtual pump's heap figures would count against the firmware).
+        self._blank_mv = memoryview(self._blank)
+        self._scratch = bytearray(block_size)
         self.erases = [0] * block_count
         self.ops = 0
         self.progs = 0
@@ -102,9 +107,9 @@ class RamFlash:
         start = block * self.block_size + off
         end = start + n
         buf = self.buf
-        if buf[start:end] == self._blank[:n]:
+        if self._view[start:end] == self._blank_mv[:n]:
             # Programming erased bytes, the usual case, is a plain copy.
-            buf[start:end] = data[:n]
+            buf[start:end] = memoryview(data)[:n]
         else:
             self.overprogs += 1
             for i in range(n):
@@ -167,7 +172,7 @@ class RamFlash:
             n = min(size - pos, self.block_size - offset)
             if simple:
                 self.erase(block_num)
-            self.prog(block_num, offset, buf[pos : pos + n])
+            self.prog(block_num, offset, memoryview(buf)[pos : pos + n])
             pos += n
             block_num += 1
             offset = 0
@@ -237,9 +242,13 @@ class FileFlash(RamFlash):
         n = min(self.tear, size) if cut else size
         start = block * self.block_size + off
         if n:
-            old = self._read_at(start, n)
-            if old == self._blank[:n]:
-                self._write_at(start, data[:n])
+            old = memoryview(self._scratch)[:n]
+            f = self._f
+            f.seek(start)
+            if f.readinto(old) != n:
+                raise OSError("flash file %s is shorter than the flash" % self.path)
+            if old == self._blank_mv[:n]:
+                self._write_at(start, memoryview(data)[:n])
             else:
                 # NOR: a program can only clear bits.
                 self.overprogs += 1
