@@ -92,16 +92,6 @@ def two_point(uv_a, mv_a, uv_b, mv_b):
     return AdcCal(num, den, mv_a - uv_a * num // (den * 1000))
 
 
-_MARKS = const(8)  # daily marks kept: the average current is over up to the last 7 days
-
-
-def _fresh_marks(now_ms):
-    # The window starts full of copies of the first mark, so it never grows: the oldest is
-    # that first mark until eight real ones have come, exactly as if the list were growing.
-    m = (now_ms, 0)
-    return [m] * _MARKS
-
-
 class Monitor:
     """Battery state from samples taken with the motor idle, and from the charge budget.
 
@@ -131,7 +121,7 @@ class Monitor:
         self._below = [0, 0, 0]  # consecutive samples below the ERI / EOS threshold
         self._above = [0, 0, 0]  # consecutive samples above threshold + hysteresis
         self._full = 0
-        self._marks = _fresh_marks(now_ms)  # (ms, used_nc) one a day, for the average current
+        self._marks = [(now_ms, 0)]  # (ms, used_nc) at most one a day, for the average current
 
     # ---- accounting ----
 
@@ -151,7 +141,7 @@ class Monitor:
         self._folded_ms = now_ms
         if now_ms - self._marks[-1][0] >= L.DAY_MS:
             self._marks.append((now_ms, self.used_nc))
-            if len(self._marks) > _MARKS:
+            if len(self._marks) > 8:
                 self._marks.pop(0)
 
     def budget_nc(self):
@@ -241,7 +231,7 @@ class Monitor:
                 if self._full == self.debounce:
                     self.log("battery_charged", mv)
                 self.used_nc = 0
-                self._marks = _fresh_marks(now_ms)
+                self._marks = [(now_ms, 0)]
         life = self.life_ms(now_ms)
         new = self.state
         n = self.debounce
