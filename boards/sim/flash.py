@@ -105,15 +105,18 @@ class RamFlash:
         cut = self._cut_now()
         n = min(self.tear, size) if cut else size
         start = block * self.block_size + off
-        end = start + n
-        buf = self.buf
-        if self._view[start:end] == self._blank_mv[:n]:
-            # Programming erased bytes, the usual case, is a plain copy.
-            buf[start:end] = memoryview(data)[:n]
-        else:
-            self.overprogs += 1
-            for i in range(n):
-                buf[start + i] &= data[i]
+        if n:
+            old = self._old_at(start, n)
+            if old == self._blank_mv[:n]:
+                # Programming erased bytes, the usual case, is a plain copy.
+                self._write_at(start, memoryview(data)[:n])
+            else:
+                # NOR: a program can only clear bits.
+                self.overprogs += 1
+                new = bytearray(n)
+                for i in range(n):
+                    new[i] = old[i] & data[i]
+                self._write_at(start, new)
         if cut:
             raise PowerCut("power cut during program of block %d at %d" % (block, off))
         self.progs += 1
@@ -125,12 +128,21 @@ class RamFlash:
         start = block * self.block_size
         if self._cut_now():
             n = min(self.tear, self.block_size)
-            self.buf[start : start + n] = self._blank[:n]
+            if n:
+                self._write_at(start, self._blank_mv[:n])
             raise PowerCut("power cut during erase of block %d" % block)
-        self.buf[start : start + self.block_size] = self._blank
+        self._write_at(start, self._blank)
         self.erases[block] += 1
         self.erase_total += 1
         self._done("e", block, 0, None)
+
+    # Where the bytes live: the two places prog() and erase() touch them (FileFlash: a file).
+
+    def _old_at(self, start, n):
+        return self._view[start : start + n]
+
+    def _write_at(self, start, data):
+        self.buf[start : start + len(data)] = data
 
     def revive(self):
         self.cut_at = None
@@ -234,46 +246,13 @@ class FileFlash(RamFlash):
         self.reads += 1
         return bytes(self._read_at(block * self.block_size + off, size))
 
-    def prog(self, block, off, data):
-        self._alive()
-        size = len(data)
-        self._check(block, off, size)
-        cut = self._cut_now()
-        n = min(self.tear, size) if cut else size
-        start = block * self.block_size + off
-        if n:
-            old = memoryview(self._scratch)[:n]
-            f = self._f
-            f.seek(start)
-            if f.readinto(old) != n:
-                raise OSError("flash file %s is shorter than the flash" % self.path)
-            if old == self._blank_mv[:n]:
-                self._write_at(start, memoryview(data)[:n])
-            else:
-                # NOR: a program can only clear bits.
-                self.overprogs += 1
-                new = bytearray(n)
-                for i in range(n):
-                    new[i] = old[i] & data[i]
-                self._write_at(start, new)
-        if cut:
-            raise PowerCut("power cut during program of block %d at %d" % (block, off))
-        self.progs += 1
-        self._done("p", block, off, data)
-
-    def erase(self, block):
-        self._alive()
-        self._check(block, 0, self.block_size)
-        start = block * self.block_size
-        if self._cut_now():
-            n = min(self.tear, self.block_size)
-            if n:
-                self._write_at(start, self._blank[:n])
-            raise PowerCut("power cut during erase of block %d" % block)
-        self._write_at(start, self._blank)
-        self.erases[block] += 1
-        self.erase_total += 1
-        self._done("e", block, 0, None)
+    def _old_at(self, start, n):
+        old = memoryview(self._scratch)[:n]
+        f = self._f
+        f.seek(start)
+        if f.readinto(old) != n:
+            raise OSError("flash file %s is shorter than the flash" % self.path)
+        return old
 
     def image(self):
         return bytes(self._read_at(0, self.block_size * self.block_count))
