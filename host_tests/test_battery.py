@@ -409,6 +409,40 @@ def test_projected_date_with_pulses_only_model_in_the_first_day():
     assert mon.projected_eos_ms(HOUR) is not None
 
 
+@pytest.mark.req("SR-39")
+@settings(max_examples=50)
+@given(per_day=st.lists(st.integers(0, 20_000), min_size=1, max_size=20))
+def test_average_is_over_the_last_seven_days_and_survives_restore(per_day):
+    # One fold a day with a different number of pulses each day: the average current is the
+    # draw of the last 7 whole days (or all days so far), exactly, and a restored monitor
+    # gives the same figure.
+    e = simb.ENERGY
+    mon = B.Monitor(simb.CELL, e, simb.ADC_CAL)
+    for d, n in enumerate(per_day):
+        for _ in range(n):
+            mon.on_pulse()
+        mon.fold((d + 1) * DAY)
+    days = len(per_day)
+    last = per_day[-7:]
+    drawn = e.quiescent_ua * len(last) * DAY + e.pulse_nc * sum(last)
+    now = days * DAY
+    assert mon.average_ua_x1000(now) == drawn * 1000 // (len(last) * DAY)
+    assert len(mon.marks()) == min(days + 1, B.MARKS)
+    twin = B.Monitor(simb.CELL, e, simb.ADC_CAL)
+    twin.restore(mon.snapshot())
+    assert twin.marks() == mon.marks()
+    assert twin.average_ua_x1000(now) == mon.average_ua_x1000(now)
+
+
+@pytest.mark.parametrize("n", [0, B.MARKS + 1])
+def test_restore_refuses_a_window_of_marks_out_of_range(n):
+    mon = B.Monitor(simb.CELL, simb.ENERGY, simb.ADC_CAL)
+    snap = mon.snapshot()
+    snap[-1] = [[i * DAY, i] for i in range(n)]
+    with pytest.raises(ValueError, match="out of range"):
+        mon.restore(snap)
+
+
 # ---- through the Supervisor ----
 
 

@@ -5,7 +5,7 @@ from collections import deque
 from fractions import Fraction as F
 
 import pytest
-from hypothesis import HealthCheck, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
 
@@ -15,7 +15,7 @@ from pump import engine as E
 from pump import limits as L
 from pump import reasons as R
 from pump import rx as RX
-from pump.limiter import Limiter
+from pump.limiter import Limiter, Projection
 
 GENEROUS_LIMITS = L.ClinicianLimits(
     L.HARD_MAX_24H_NG, L.HARD_MAX_BOLUS_NG, L.HARD_MAX_RATE_NL_PER_DAY, 30
@@ -124,6 +124,20 @@ class LimiterMachine(RuleBasedStateMachine):
     @rule(volume=st.integers(1, 300_000))
     def prime(self, volume):
         self._count(self.eng.prime(volume))
+
+    @rule(copy=st.booleans())
+    def snapshot(self, copy):
+        # A commit's snapshot turns the ring in place (oldest bucket first); the window it
+        # lists is the one before, and the limiter goes on exactly as if nothing happened (the
+        # machine's invariants keep checking it against the pulse log).
+        li = self.eng.limiter
+        p = li._pos + 1
+        oldest_first = list(li._buckets[p:]) + list(li._buckets[:p])
+        window = li.window_ng
+        ring = li.snapshot(copy)[15]
+        assert list(ring) == oldest_first
+        assert (ring is li._buckets) is not copy
+        assert li.window_ng == window and li._pos == len(oldest_first) - 1
 
     @rule(pct=st.integers(30, 150))
     def set_limits(self, pct):
@@ -268,6 +282,32 @@ def test_window_check_refuses_what_the_gate_would_block_and_changes_nothing():
     future[1440] += 1
     assert not li.window_ok(0, t, future, li.margin_ng(0))
     assert (li.window_ng, list(li._buckets), li._cur, li._pos) == before
+
+
+@pytest.mark.req("SR-31")
+@settings(max_examples=60)
+@given(data=st.data(), tod_min=st.integers(0, L.MINUTES_PER_DAY - 1),
+       extra_ng=st.integers(0, 1_000_000), fixed=st.booleans())  # fmt: skip
+def test_projection_is_each_minutes_dose_counted_early(data, tod_min, extra_ng, fixed):
+    # Read from the programme's own steps, not through step_rate_at(): minute m of the day
+    # runs the last step starting at or before m, rounded up to whole ng a minute, plus every
+    # periodic bolus starting in m (whole), plus extra in the first minute only.
+    rx = None if fixed else gen_rx(DataChooser(data))
+    mode_rate = data.draw(st.integers(0, 2_000_000))
+    p = Projection(rx, mode_rate, tod_min, extra_ng)
+    assert len(p) == 1441
+    for k in range(1441):
+        m = (tod_min + k) % 1440
+        if rx is None:
+            rate = mode_rate
+        else:
+            rate = [r for start, r in rx.steps if start <= m][-1]
+        want = -(-rate // 1440) + (extra_ng if k == 0 else 0)
+        if rx is not None:
+            want += sum(d for start, d, _ in rx.periodic if start == m)
+        assert p[k] == want, k
+    with pytest.raises(IndexError):
+        p[1441]
 
 
 @pytest.mark.req("SR-01", "SR-32")

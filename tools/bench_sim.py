@@ -28,9 +28,9 @@ sim.peak_live_heap_bytes_micropython
                               gc.mem_alloc() after gc.collect(), every simulated hour of 30
                               days, at most, less the same before the pump: live data only.
 sim.heap_growth_bytes_30d     gc.mem_alloc() after gc.collect() at the end of day 30 less at
-                              the end of day 1; sim.heap_growth_bytes_10_30d: from day 10 on,
-                              once the bounded records that fill in the first week (the
-                              battery monitor's eight daily marks among them) are full.
+                              the end of day 1; sim.heap_growth_bytes_10_30d: from day 10 on.
+                              Both must be 0: the records the pump keeps in RAM have their
+                              full size from boot on (the battery's daily marks too).
 firmware.mpy_bytes            the total size of build/mpy/firmware/**/*.mpy (`make mpy`).
 """
 

@@ -10,6 +10,7 @@ EOS = const(2)  # end of service
 STATE_NAMES = ("ok", "eri", "eos")
 
 NC_PER_UAH = const(3_600_000)  # 1 uAh = 3.6 mC = 3.6e6 nC
+MARKS = const(8)  # daily marks kept: the average current is over up to the last 7 days
 
 
 def _nolog(*_args):
@@ -121,7 +122,13 @@ class Monitor:
         self._below = [0, 0, 0]  # consecutive samples below the ERI / EOS threshold
         self._above = [0, 0, 0]  # consecutive samples above threshold + hysteresis
         self._full = 0
-        self._marks = [(now_ms, 0)]  # (ms, used_nc) at most one a day, for the average current
+        # Up to MARKS daily marks (ms, used_nc), oldest first, for the average current. Two
+        # fixed lists that are shifted in place: a daily mark never allocates, so the heap does
+        # not grow over the first week.
+        self._mark_ms = [0] * MARKS
+        self._mark_nc = [0] * MARKS
+        self._n_marks = 1
+        self._set_marks(((now_ms, 0),))
 
     # ---- accounting ----
 
@@ -139,10 +146,30 @@ class Monitor:
         self.pulses = 0
         self.radio_ms = 0
         self._folded_ms = now_ms
-        if now_ms - self._marks[-1][0] >= L.DAY_MS:
-            self._marks.append((now_ms, self.used_nc))
-            if len(self._marks) > 8:
-                self._marks.pop(0)
+        n = self._n_marks
+        if now_ms - self._mark_ms[n - 1] >= L.DAY_MS:
+            ms = self._mark_ms
+            nc = self._mark_nc
+            if n == MARKS:
+                for i in range(MARKS - 1):
+                    ms[i] = ms[i + 1]
+                    nc[i] = nc[i + 1]
+                n -= 1
+            ms[n] = now_ms
+            nc[n] = self.used_nc
+            self._n_marks = n + 1
+
+    def _set_marks(self, marks):
+        if not 1 <= len(marks) <= MARKS:
+            raise ValueError("stored battery state out of range")
+        for i, (ms, nc) in enumerate(marks):
+            self._mark_ms[i] = ms
+            self._mark_nc[i] = nc
+        self._n_marks = len(marks)
+
+    def marks(self):
+        """The daily marks (ms, used_nc), oldest first."""
+        return [(self._mark_ms[i], self._mark_nc[i]) for i in range(self._n_marks)]
 
     def budget_nc(self):
         """Charge left before the EOS reserve."""
@@ -152,7 +179,8 @@ class Monitor:
     def average_ua_x1000(self, now_ms):
         """Recent average current in nA, over up to the last 7 days (in the first day, the draw
         so far or the quiescent current, whichever is higher)."""
-        t0, u0 = self._marks[0]
+        t0 = self._mark_ms[0]
+        u0 = self._mark_nc[0]
         dt = now_ms - t0
         if dt >= L.DAY_MS:
             return (self.used_nc - u0) * 1000 // dt
@@ -177,14 +205,14 @@ class Monitor:
     def snapshot(self):
         return [self.cell.name, self.state, self.pulses, self.radio_ms, self.used_nc, self.mv,
                 self._folded_ms, self._last_sample_ms, list(self._below), list(self._above),
-                self._full, [list(m) for m in self._marks]]  # fmt: skip
+                self._full, [list(m) for m in self.marks()]]  # fmt: skip
 
     def restore(self, s):
         (name, state, pulses, radio_ms, used, mv, folded, last, below, above, full,
          marks) = s  # fmt: skip
         if name != self.cell.name:
             raise ValueError("stored battery state is for another cell")
-        if state not in (OK, ERI, EOS) or not marks or used < 0:
+        if state not in (OK, ERI, EOS) or used < 0:
             raise ValueError("stored battery state out of range")
         self.state = state
         self.pulses = pulses
@@ -196,7 +224,7 @@ class Monitor:
         self._below = list(below)
         self._above = list(above)
         self._full = full
-        self._marks = [tuple(m) for m in marks]
+        self._set_marks(marks)
 
     # ---- sampling ----
 
@@ -231,7 +259,7 @@ class Monitor:
                 if self._full == self.debounce:
                     self.log("battery_charged", mv)
                 self.used_nc = 0
-                self._marks = [(now_ms, 0)]
+                self._set_marks(((now_ms, 0),))
         life = self.life_ms(now_ms)
         new = self.state
         n = self.debounce

@@ -6,7 +6,7 @@ from pump import reasons as R
 from pump import rx as RX
 from pump.compat import const
 from pump.intmath import ceil_div, gcd, lcm
-from pump.limiter import project
+from pump.limiter import Projection
 from pump.reasons import Refusal
 
 NEVER = const(0x3FFFFFFF)  # "no pulse due": above any time in the day frame, still a small int
@@ -347,7 +347,7 @@ class Engine:
 
     def _projection_ok(self, rx, mode_rate_ng, extra_ng, peak_ng, limit_ng=0):
         tod_min = self._sched_t() // L.MIN_MS
-        fut = project(rx, mode_rate_ng, tod_min, extra_ng + self._stream_left_ng())
+        fut = Projection(rx, mode_rate_ng, tod_min, extra_ng + self._stream_left_ng())
         margin = self.limiter.margin_ng(peak_ng)
         return self.limiter.window_ok(self.day, self._t, fut, margin, limit_ng)
 

@@ -163,15 +163,18 @@ class Limiter:
 
     # ---- state that survives a restart ----
 
-    def snapshot(self):
+    def snapshot(self, copy=True):
         """The window and the dose bookkeeping as plain values. Buckets are listed oldest
-        first, so the ring position need not be stored."""
+        first, so the ring position need not be stored. copy=False gives the live bucket array
+        itself, for a caller that encodes it at once (a commit): a copy of 1,441 buckets would
+        be the largest block the pump asks of the heap."""
         b = self._buckets
         p = self._pos + 1
-        # Oldest first; as an int array (4 bytes a bucket), which the codec
-        # writes as the same list: a list of 1,441 would be the largest block of a commit.
-        ring = b[p:]
-        ring.extend(memoryview(b)[:p])
+        if p != _BUCKETS:
+            # Oldest first in place: the ring turned so that its newest bucket is the last.
+            _rotate(b, p)
+            self._pos = _BUCKETS - 1
+        ring = b[:] if copy else b
         return [self._cur, self.window_ng, self._acc, self._last_day, self._last_t, self.blocked,
                 self.pulses, self._bridge_left, self._bridged, self._whole, self._remc,
                 self._old_whole, self._old_remc, self._next_whole, self._next_remc, ring,
@@ -269,24 +272,54 @@ def _check_conc(conc):
         raise ValueError("concentration is not an allowed strength")
 
 
-def project(rx, mode_rate_ng_per_day, tod_min, extra_ng=0):
-    """Expected dose per minute for the next 24 h + 1 min, from the programme alone.
+def _reverse(a, i, j):
+    j -= 1
+    while i < j:
+        t = a[i]
+        a[i] = a[j]
+        a[j] = t
+        i += 1
+        j -= 1
+
+
+def _rotate(a, p):
+    """Rotate a left by p in place (a[p] becomes a[0])."""
+    n = len(a)
+    _reverse(a, 0, p)
+    _reverse(a, p, n)
+    _reverse(a, 0, n)
+
+
+class Projection:
+    """Expected dose per minute for the next 24 h + 1 min, from the programme alone, computed
+    minute by minute as window_ok() reads it: p[k] is the dose of minute (now + k).
 
     rx is the active prescription, or None when only a fixed rate runs (minimum or stopped,
     given as mode_rate_ng_per_day). tod_min is the current minute of the day. extra_ng (active
-    and requested boluses) is placed in the first minute.
+    and requested boluses) is placed in the first minute. Nothing is stored per minute: a
+    table of 1,441 would be the largest block the pump ever asks of the heap.
     """
-    # An int array: half a list's size, and no list of 1,441 to build first (doses per minute
-    # stay far below 2**31 ng, the whole 24 h limit being grams away from it).
-    out = array("i", bytes(4 * _BUCKETS))
-    for k in range(_BUCKETS):
-        m = (tod_min + k) % L.MINUTES_PER_DAY
-        rate = mode_rate_ng_per_day if rx is None else rx.step_rate_at(m)
+
+    def __init__(self, rx, mode_rate_ng_per_day, tod_min, extra_ng=0):
+        self.rx = rx
+        self.mode_rate_ng_per_day = mode_rate_ng_per_day
+        self.tod_min = tod_min
+        self.extra_ng = extra_ng
+
+    def __len__(self):
+        return _BUCKETS
+
+    def __getitem__(self, k):
+        if not 0 <= k < _BUCKETS:
+            raise IndexError("a projection covers 1,441 minutes")
+        rx = self.rx
+        m = (self.tod_min + k) % L.MINUTES_PER_DAY
+        rate = self.mode_rate_ng_per_day if rx is None else rx.step_rate_at(m)
         dose = ceil_div(rate, L.MINUTES_PER_DAY)
         if rx is not None:
             for start, bolus_ng, _dur in rx.periodic:
                 if start == m:
                     dose += bolus_ng
-        out[k] = dose
-    out[0] += extra_ng
-    return out
+        if k == 0:
+            dose += self.extra_ng
+        return dose

@@ -109,7 +109,7 @@ class Storage:
             self.log.append(journal.pending, lambda: anchor(sup))
             journal.pending = []
             payload = C.encode([self.identity, self.log.seq, self.log.head, self.day, rtc_ms,
-                                sup.snapshot()])  # fmt: skip
+                                sup.snapshot(copy=False)])  # fmt: skip
             self.state.save(payload)
         except (OSError, ValueError) as e:
             # Nothing is dropped: unwritten events stay pending, and the log's end is re-read

@@ -709,15 +709,17 @@ class Supervisor:
         self.log("storage_restored")
         self.alarms.condition(A.SELF_TEST, False, self.now_ms())
 
-    def snapshot(self):
-        """Everything a restart needs to go on from now, as plain values (docs/storage.md)."""
+    def snapshot(self, copy=True):
+        """Everything a restart needs to go on from now, as plain values (docs/storage.md).
+        copy=False shares the limiter's bucket array instead of copying it: only for a caller
+        that encodes the snapshot before anything else runs."""
         f = self._refill
         refill = None
         if f is not None:
             refill = [f.started_ms, f.withdrawn_nl, f.expected_nl, f.tolerance_nl, f.fill_nl,
                       f.conc, f.pulses_at_fill]  # fmt: skip
         eng = self.engine
-        return [eng.snapshot(), eng.limiter.snapshot(), self.reservoir.snapshot(),
+        return [eng.snapshot(), eng.limiter.snapshot(copy), self.reservoir.snapshot(),
                 self.battery.snapshot(), self.alarms.snapshot(),
                 [self._fails, 1 if self._stalled else 0, self._backoff, self._retry_at,
                  self._stall_lost, self.undelivered_pulses, self.failed_pulses, self._pulse_day,
