@@ -38,6 +38,8 @@ class App:
     runs); run() is the main coroutine. `board` is the board module (plant(), FIRST_BOOT,
     WDT_TIMEOUT_MS, LOG_SEGMENT_BYTES, LOG_SEGMENTS); `hal` its hardware."""
 
+    NOT_SAVED = NOT_SAVED  # for the radio's service, which does not import this module
+
     def __init__(self, board, hal):
         self.board = board
         self.hal = hal
@@ -111,6 +113,22 @@ class App:
         while self._attempts == n and self._commit_wanted and self.sup.storage_ok:
             await self.aio.sleep_ms(10)
         return None if not self._commit_wanted else NOT_SAVED
+
+    def note(self, name, *args):
+        """Log an event that changes no therapy (the radio's connections and commands): it is
+        written with the next commit, which it asks for."""
+        self.sup.log(name, *args)
+        self._want_commit()
+
+    def history(self, first, last):
+        """The event log's records first..last as stored (bytes each), oldest first."""
+        return self.store.log.raw_records(first, last)
+
+    def history_count(self, first, last):
+        n = 0
+        for _raw in self.store.log.raw_records(first, last):
+            n += 1
+        return n
 
     def acknowledge_all(self):
         """The pump's button: acknowledge every latched alarm not yet acknowledged."""
