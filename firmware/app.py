@@ -59,7 +59,7 @@ class App:
         self._rtc_jump = False
         self._presses = 0  # button presses the button task has taken
         self._press_waiting = False  # a press was waiting at the watchdog's last look
-        self.radio = None  # the BLE service (a later issue): an object with run(app)
+        self.radio = None  # the BLE shell (firmware/radio.py): run(app), open_pairing()
 
     # ---- boot ----
 
@@ -161,7 +161,7 @@ class App:
                 aio.create_task(self._button(), "button"),
             ]
             if self.radio is not None:
-                # The BLE service (a later issue): it reaches the pump only through request().
+                # The BLE shell: it reaches the pump only through request().
                 self._tasks.append(aio.create_task(self.radio.run(self), "radio"))
             await self._watchdog()
         finally:
@@ -279,6 +279,9 @@ class App:
             await flag.wait()
             self._presses = button.presses
             self.acknowledge_all()
+            if self.radio is not None:
+                # The same physical action opens the radio's pairing window.
+                self.radio.open_pairing()
 
     async def _watchdog(self):
         hal = self.hal

@@ -42,6 +42,7 @@ LOCKOUT_FIRST_MS = const(5_000)  # then 5 s, doubling with each further failure 
 LOCKOUT_MAX_MS = const(600_000)  # ... up to 10 min
 LOG_REFUSALS_PER_MIN = const(10)  # refused frames logged one by one per connection and minute
 DEFAULT_MTU = const(23)
+PROTOCOL_VERSION = const(1)
 
 # Status flags (u8) in the status characteristic and GET_STATUS.
 FLAG_FAULT = const(0x01)
@@ -107,6 +108,7 @@ class Service:
         self.conns = {}
         self.failures = 0  # consecutive failed authentications, across connections
         self.locked_until_ms = 0
+        self.changed = 0  # status-changed bits since a client last reset them
 
     # ---- the link, as the shell reports it ----
 
@@ -283,6 +285,7 @@ class Service:
             return K.SUCCESS, self._refill()
         if op == K.RESET_CHANGED:
             r.done()
+            self.changed = 0
             return K.SUCCESS, b""
         if op == K.RACP_COUNT:
             first = r.u32()
@@ -385,6 +388,33 @@ class Service:
         return struct.pack("<BBIHIBB", _THERAPY_STATE[eng.mode], flags,
                            sup.reservoir.remaining_nl(), eng.conc, self._rate_ng(), len(active),
                            top)  # fmt: skip
+
+    def alarm_record(self):
+        """The highest-priority latched alarm (docs/protocol.md, "Alarm"): 5 bytes, zeros
+        when none."""
+        active = self.app.sup.alarms.active()
+        if not active:
+            return bytes(5)
+        cid, _name, prio, present, acked, _snooze = active[0]
+        return struct.pack("<BBBBB", cid, prio, W.flag(present), W.flag(acked), len(active))
+
+    def features(self):
+        """Protocol version, the clinician limits, reservoir capacity and strength."""
+        sup = self.app.sup
+        lim = sup.engine.lim
+        return struct.pack("<BIIIBIH", PROTOCOL_VERSION, lim.max_24h_ng, lim.max_bolus_ng,
+                           lim.max_rate_nl_per_day, lim.dose_step_pct,
+                           sup.reservoir.capacity_nl, sup.engine.conc)  # fmt: skip
+
+    def battery_level(self):
+        """Battery Level (0-100 %): the charge budget left above the end-of-service reserve."""
+        b = self.app.sup.battery
+        cap = b.cell.capacity_uah * 3_600_000
+        usable = cap - cap * b.cell.eos_reserve_pct // 100
+        left = b.budget_nc()
+        if left <= 0 or usable <= 0:
+            return 0
+        return min(100, left * 100 // usable)
 
     def _rate_ng(self):
         eng = self.app.sup.engine
