@@ -20,6 +20,7 @@ GRACE_MS = const(5_000)
 # A commit rewrites a few blocks of flash: a few hundred ms on an ESP32, more when littlefs
 # compacts a directory; this leaves a wide margin.
 COMMIT_MAX_MS = const(10_000)
+VERSION = "0.1.0.dev0"  # the firmware's version, as Device Information shows it
 # What request() returns for a change that was applied but could not be saved (storage failed:
 # the self-test alarm is on, and a power cut would undo it).
 NOT_SAVED = "not_saved"

@@ -13,8 +13,11 @@ through App.request() with an authenticated, allowed command."""
 
 import struct
 
+from link import keys as KF
 from link import service as SV
 from link import wire as W
+from pump import codec as C
+from pump import store as ST
 from pump.compat import const
 
 # MicroPython's bluetooth IRQ event codes.
@@ -29,6 +32,7 @@ _IRQ_GET_SECRET = const(29)
 _IRQ_SET_SECRET = const(30)
 _IRQ_PASSKEY_ACTION = const(31)
 _PASSKEY_NUMERIC_COMPARISON = const(4)
+_SECRET_OUR_IRK = const(10)
 _IO_DISPLAY_YESNO = const(1)
 
 # Characteristic flags (the bluetooth module's FLAG_* values).
@@ -103,7 +107,7 @@ class Radio:
         self._tail = 0  # next slot the task takes
         self._lost = 0  # events the full ring could not take
         self._flag = None
-        self._ind_flag = None
+        self._ind_flags = None  # per connection slot: the radio task saw its INDICATE_DONE
         self._ind_status = [-1] * MAX_CONN  # per connection slot: INDICATE_DONE status
         self._conn_slot = {}
         self.pairing_until_ms = 0
@@ -119,6 +123,14 @@ class Radio:
     # ---- the IRQ handler: copy, signal, nothing else ----
 
     def _irq(self, event, data):
+        # One exception here would switch the board's handler off for good: none may escape.
+        try:
+            return self._on_irq(event, data)
+        except Exception:  # noqa: BLE001
+            self._lost += 1
+            return None
+
+    def _on_irq(self, event, data):
         if event == _IRQ_GATTS_READ_REQUEST:
             svc = self.service
             ch = self._ch_of.get(data[1], -1)
@@ -159,14 +171,16 @@ class Radio:
             else:
                 return None
             self._head = (n + 1) % _EVENTS
-        if event == _IRQ_GATTS_INDICATE_DONE and self._ind_flag is not None:
-            self._ind_flag.set()
         if self._flag is not None:
             self._flag.set()
         return None
 
     def _get_secret(self, sec_type, index, key):
         if key is None:
+            # NimBLE lists the bonds to evict one when a store is refused: outside the pairing
+            # window there is nothing to list, so nothing is evicted.
+            if not self._window_open():
+                return None
             i = 0
             for (t, _k), v in self.secrets.items():
                 if t == sec_type:
@@ -177,17 +191,24 @@ class Radio:
         return self.secrets.get((sec_type, bytes(key)))
 
     def _set_secret(self, sec_type, key, value):
+        # The pump's own identity key (type 10) is stored whenever the stack asks; a bond is made
+        # or removed only inside the pairing window (a repeat pairing from a spoofed address
+        # must not wipe a clinician's bond). A delete says True only if something went.
         k = (sec_type, bytes(key))
+        if sec_type != _SECRET_OUR_IRK and not self._window_open():
+            return False
         if value is None:
-            self.secrets.pop(k, None)
-        elif self.app is None or self.app.clock.now_ms() >= self.pairing_until_ms:
-            return False  # a bond is only made inside the pairing window
+            if self.secrets.pop(k, None) is None:
+                return False
         else:
             self.secrets[k] = bytes(value)
         self._secrets_dirty = True
         if self._flag is not None:
             self._flag.set()
         return True
+
+    def _window_open(self):
+        return self.app is not None and self.app.clock.now_ms() < self.pairing_until_ms
 
     # ---- the pairing window ----
 
@@ -197,7 +218,7 @@ class Radio:
         self.app.note("ble_pairing_window", PAIRING_WINDOW_MS)
 
     def pairing_open(self):
-        return self.app.clock.now_ms() < self.pairing_until_ms
+        return self._window_open()
 
     # ---- set-up ----
 
@@ -246,14 +267,14 @@ class Radio:
         self.app = app
         aio = app.aio
         self._flag = aio.ThreadSafeFlag()
-        self._ind_flag = aio.ThreadSafeFlag()
+        self._ind_flags = [aio.ThreadSafeFlag() for _ in range(MAX_CONN)]
         self.service = SV.Service(app, self.keys, self.pump_id, self.random, app.clock,
                                   self._send)  # fmt: skip
         ble = self.ble
+        ble.irq(self._irq)  # before activation: the stack asks for the pump's IRK then
         ble.active(True)
         ble.config(gap_name="ITB")
         ble.config(bond=True, mitm=True, le_secure=True, io=_IO_DISPLAY_YESNO)
-        ble.irq(self._irq)
         self._conn_slot = {}
         self._head = self._tail = 0
         self._register()
@@ -304,7 +325,9 @@ class Radio:
                 self.service.connected(conn, bytes(self._addr[n]))
                 self._connected_changed = True
             elif kind == _IRQ_CENTRAL_DISCONNECT:
-                self._conn_slot.pop(conn, None)
+                slot = self._conn_slot.pop(conn, None)
+                if slot is not None:
+                    self._ind_flags[slot].set()  # a send waiting on this link gives up now
                 self.service.disconnected(conn)
                 self._connected_changed = True
             elif kind == _IRQ_GATTS_WRITE:
@@ -318,6 +341,7 @@ class Radio:
                 slot = self._conn_slot.get(conn)
                 if slot is not None:
                     self._ind_status[slot] = r[i + _B]
+                    self._ind_flags[slot].set()
             elif kind == _IRQ_ENCRYPTION_UPDATE:
                 self.service.security(conn, r[i + _A], r[i + _B], r[i + _C], r[i + _D])
             elif kind == _IRQ_PASSKEY_ACTION:
@@ -375,7 +399,7 @@ class Radio:
             if now >= until or conn not in self._conn_slot:
                 self.app.note("ble_indicate_timeout", conn, ch)
                 return False
-            await self.app.clock.wait_until(until, self._ind_flag)
+            await self.app.clock.wait_until(until, self._ind_flags[slot])
         return self._ind_status[slot] == 0
 
     # ---- the readable characteristics ----
@@ -427,3 +451,49 @@ class Radio:
             c = svc.conns.get(conn)
             if c is not None and c.session is not None:
                 self.app.aio.create_task(self._send(conn, ch, value, True))
+
+
+BONDS_PATH = "/bonds"
+_BONDS_KIND = 5
+
+
+class BondStore:
+    """The stack's secrets (bonds) in one CRC-checked file on the pump's filesystem, rewritten
+    atomically. On a board, flash encryption is what keeps them from a reader of the chip."""
+
+    def __init__(self, fs):
+        self.fs = fs
+
+    def load(self):
+        try:
+            with self.fs.open(BONDS_PATH, "rb") as f:
+                buf = f.read()
+            _seq, payload = C.unframe(buf, _BONDS_KIND, 1)
+            return {(t, k): v for t, k, v in C.decode(payload)}
+        except (OSError, ValueError, TypeError):
+            return {}  # no bonds (or damaged ones): clients pair again, inside the window
+
+    def save(self, table):
+        rows = [[t, k, v] for (t, k), v in sorted(table.items())]
+        ST.write_atomic(self.fs, BONDS_PATH, C.frame(_BONDS_KIND, 1, 0, bytes(C.encode(rows))))
+
+
+def attach(app, hal, model, firmware_version, random):
+    """Give app its radio if the pump was provisioned (a keys file) and the board has BLE;
+    returns the Radio or None. Without keys the pump runs without a radio, and says so."""
+    api = getattr(hal, "ble_api", None)
+    if api is None:
+        return None
+    try:
+        found = KF.load(hal.fs)
+    except ValueError as e:
+        app.note("ble_keys_damaged", str(e))
+        return None
+    if found is None:
+        app.note("ble_no_keys")
+        return None
+    pump_id, keys = found
+    ble, uuid = api()
+    info = ("ITB open firmware", model, pump_id, firmware_version)
+    app.radio = Radio(ble, uuid, keys, pump_id, random, info, BondStore(hal.fs))
+    return app.radio

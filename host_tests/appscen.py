@@ -151,7 +151,8 @@ class Scenario:
     down_ms: the outage after a cut at a flash operation (a hung task restarts at once).
     The restarts are VirtualPump's (run_until, power_cut)."""
 
-    def __init__(self, seed=1, flash_dev=None, down_ms=0, long_run=False, tones=False):
+    def __init__(self, seed=1, flash_dev=None, down_ms=0, long_run=False, tones=False,
+                 keys=None, ble_api=None):  # fmt: skip
         self._own_file = flash_dev is None and FLASH_DIR is not None
         if self._own_file:
             _files[0] += 1
@@ -160,7 +161,7 @@ class Scenario:
             flash_dev = flash.FileFlash(path, block_size=4096, block_count=BLOCKS)
         elif flash_dev is None:
             flash_dev = flash.RamFlash(block_size=4096, block_count=BLOCKS)
-        vp = vpump.VirtualPump(seed=seed, flash_dev=flash_dev)
+        vp = vpump.VirtualPump(seed=seed, flash_dev=flash_dev, keys=keys, ble_api=ble_api)
         if long_run:
             vp.delivered = Counter()
         # Only a scenario that looks at the tones records them (in a small heap's terms).

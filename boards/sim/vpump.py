@@ -1,8 +1,12 @@
 # The virtual pump: the device application (firmware/app.py) on the sim board's rig, with
 # resets that really restart it (watchdog, power cut) and a record of what the rig delivered.
 
+import os
+
 import app as APP
+import radio as RADIO
 from boards.sim import board, flash, hal, hw, lfs, vloop
+from link import keys as KF
 
 
 class VirtualPump:
@@ -10,7 +14,11 @@ class VirtualPump:
     delivered pulses stay; a reset drops the application's tasks and RAM and boots it again
     from flash, as the board would."""
 
-    def __init__(self, seed=1, accel=0, blocks=128, cell_error_pct=0, flash_dev=None, mech=None):
+    def __init__(self, seed=1, accel=0, blocks=128, cell_error_pct=0, flash_dev=None, mech=None,
+                 keys=None, ble_api=None):  # fmt: skip
+        """keys: the pump's keys file (bytes, tools/provision.py), written as at manufacture;
+        ble_api: () -> (BLE(), UUID) of a MicroPython `bluetooth` API (the fake, or Bumble's
+        adapter): with both, the pump runs its radio."""
         self.loop = vloop.Loop(0, accel)
         if flash_dev is None:
             flash_dev = flash.RamFlash(block_size=4096, block_count=blocks)
@@ -37,6 +45,17 @@ class VirtualPump:
         self.app = None
         self.hal = None
         self.fs = None
+        self.keys = keys
+        self.ble_api = ble_api
+        self.radio = None
+
+    def _factory_keys(self):
+        # Provisioning writes the keys file once, before the pump's first boot.
+        try:
+            self.fs.stat(KF.PATH)
+        except OSError:
+            with self.fs.open(KF.PATH, "wb") as f:
+                f.write(self.keys)
 
     def _on_pulse(self):
         self.delivered.append(self.loop.now)
@@ -48,10 +67,15 @@ class VirtualPump:
         if self.flash.dead:
             self.flash.revive()
         self.fs = lfs.mount(self.flash)
+        if self.keys is not None:
+            self._factory_keys()
         self.hal = hal.Hal(self.loop, self.fs, self.mech, self.cell, board.ENERGY, self.rtc,
                            self.buzzer, self.button, cause, self._on_pulse)  # fmt: skip
+        if self.ble_api is not None:
+            self.hal.ble_api = self.ble_api
         self.app = APP.App(board, self.hal)
         info = self.app.boot()
+        self.radio = RADIO.attach(self.app, self.hal, "sim", APP.VERSION, os.urandom)
         began = self.loop.now if self._reset_at is None else self._reset_at
         self.boot_log.append((began, self.loop.now, cause, info.cause, info.source, self._late))
         self._late = None

@@ -78,7 +78,7 @@ class Conn:
 
     def __init__(self, handle, now_ms):
         self.handle = handle
-        self.secure = False  # encrypted, authenticated (MITM-protected) and a 16-byte key
+        self.secure = False  # encrypted, authenticated (MITM-protected), bonded, 16-byte key
         self.mtu = DEFAULT_MTU
         self.e2e_in = [-1] * N_CHARS  # last accepted counter per control point (-1: none yet)
         self.e2e_out = [0] * N_CHARS  # next counter per characteristic the pump sends on
@@ -130,7 +130,9 @@ class Service:
         c = self.conns.get(handle)
         if c is None:
             return
-        c.secure = bool(encrypted and authenticated and key_size == 16)
+        # Bonded too: a pairing whose keys the pump refused to store (outside the pairing
+        # window) still leaves an encrypted, authenticated link, and it must serve nothing.
+        c.secure = bool(encrypted and authenticated and bonded and key_size == 16)
         self._note("ble_security", handle, encrypted, authenticated, bonded, key_size)
 
     def mtu(self, handle, mtu):
