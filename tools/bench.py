@@ -20,7 +20,7 @@ from pump import engine as E  # noqa: E402
 from pump import limits as L  # noqa: E402
 from pump import rx as RX  # noqa: E402
 from pump.limiter import Limiter  # noqa: E402
-from tools import bench_battery, bench_sim, bench_storage, mpy  # noqa: E402
+from tools import bench_battery, bench_link, bench_sim, bench_storage, mpy  # noqa: E402
 
 OUT = ROOT / "build" / "bench.json"
 HORIZON_DAYS = 180
@@ -120,6 +120,8 @@ def main(argv=None):
     metrics.update(bench_storage.metrics())
     print("the virtual pump under MicroPython: speed, heap, compiled size ...")
     metrics.update(bench_sim.metrics())
+    print("the radio protocol: %d fuzzed frames at a pump in session ..." % bench_link.FRAMES)
+    metrics.update(bench_link.metrics())
     OUT.parent.mkdir(exist_ok=True)
     old = json.loads(OUT.read_text()) if OUT.exists() else {}
     old.update(metrics)
@@ -137,7 +139,8 @@ def main(argv=None):
 
 MUST_BE_ZERO = ("dosing.alloc_bytes_per_pulse_micropython", "battery.false_alarms",
                 "storage.recovery_failures", "storage.random_reset_failures",
-                "sim.heap_growth_bytes_30d", "sim.heap_growth_bytes_10_30d")  # fmt: skip
+                "sim.heap_growth_bytes_30d", "sim.heap_growth_bytes_10_30d", "ble.fuzz_accepted",
+                "ble.fuzz_state_changes", "ble.fuzz_exceptions")  # fmt: skip
 
 if __name__ == "__main__":
     sys.exit(main())
