@@ -58,6 +58,17 @@ def _sound_boot_failure(hal):
         waited += 10_000
 
 
+def _attach_radio(a, hal, board, app):
+    # The radio, if the pump was provisioned: a pump without keys, or whose radio cannot start,
+    # runs without one (and logs why); a radio problem never stops therapy.
+    try:
+        import radio
+
+        radio.attach(a, hal, board.NAME, app.VERSION, hal.random)
+    except Exception as e:  # noqa: BLE001
+        a.note("ble_unavailable", repr(e))
+
+
 def run(board, app, hal):
     """Boot and run one pump; returns the reason it stopped ("console" after a Ctrl-C, else a
     crash's exception name: "boot_failed:..." before therapy ran, "crash:..." after), once the
@@ -68,6 +79,7 @@ def run(board, app, hal):
         a = app.App(board, hal)
         a.boot()
         stage = "crash:"
+        _attach_radio(a, hal, board, app)
         asyncio.run(_supervised(a))
         reason = "returned"
     except KeyboardInterrupt:

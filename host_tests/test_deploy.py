@@ -26,8 +26,9 @@ def _run(capsys, *argv):
 def _firmware_modules():
     fw = ROOT / "firmware"
     names = set()
-    for pkg in ("pump", "hal"):
-        names |= {p.relative_to(fw).with_suffix("").as_posix() for p in (fw / pkg).rglob("*.py")}
+    # Every package under firmware/, so that a new one cannot be left off a board.
+    for pkg in sorted(d for d in fw.iterdir() if d.is_dir() and any(d.rglob("*.py"))):
+        names |= {p.relative_to(fw).with_suffix("").as_posix() for p in pkg.rglob("*.py")}
     # Every top-level module but main.py (which goes to the root as source).
     return names | {p.stem for p in fw.glob("*.py") if p.name != "main.py"}
 
@@ -55,7 +56,9 @@ def test_deploy_dry_run_prints_every_step(board, capsys):
     assert steps[1:] == [
         f"cp -r {stage}pump :/lib",
         f"cp -r {stage}hal :/lib",
+        f"cp -r {stage}link :/lib",
         f"cp {stage}app.mpy :/lib/app.mpy",
+        f"cp {stage}radio.mpy :/lib/radio.mpy",
         f"cp {stage}rig.mpy :/lib/rig.mpy",
         f"cp boards/{board}/board.py :/board.py",
         "cp firmware/main.py :/main.py",

@@ -19,8 +19,8 @@ BOARDS = ROOT / "boards"
 FLASH_OFFSET = {"esp32": "0x1000", "esp32s3": "0x0", "esp32c3": "0x0", "esp32c6": "0x0"}
 FLASH_BAUD = 460_800
 # What deploy copies into /lib (as .mpy); board.py and main.py go to the root as source.
-LIB_PACKAGES = ("pump", "hal")
-LIB_MODULES = ("app", "rig")
+LIB_PACKAGES = ("pump", "hal", "link")
+LIB_MODULES = ("app", "radio", "rig")
 # Runs on the board before the copy (tools/deploy_prep.py): holds off the pump's watchdog for
 # the copy and removes the old firmware from /lib, never the pump's data.
 PREP = ROOT / "tools" / "deploy_prep.py"

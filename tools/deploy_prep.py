@@ -24,8 +24,8 @@ def _remove(path):
 
 
 # Only the firmware's own files: the pump's state and log under /data stay as they are.
-for _path in ("/lib/pump", "/lib/hal", "/lib/app.mpy", "/lib/app.py", "/lib/rig.mpy",
-              "/lib/rig.py"):
+for _path in ("/lib/pump", "/lib/hal", "/lib/link", "/lib/app.mpy", "/lib/app.py",
+              "/lib/radio.mpy", "/lib/radio.py", "/lib/rig.mpy", "/lib/rig.py"):
     _remove(_path)
 try:
     os.mkdir("/lib")

@@ -412,6 +412,17 @@ class Hal:
         self.wdt = machine.WDT(id=0, timeout=timeout_ms)
         return self.wdt
 
+    def ble_api(self):
+        """MicroPython's BLE object and UUID class, for firmware/radio.py (which never imports
+        the bluetooth module itself)."""
+        import bluetooth
+
+        return bluetooth.BLE(), bluetooth.UUID
+
+    def random(self, n):
+        """n bytes from the ESP32's hardware random number generator (radio noise)."""
+        return os.urandom(n)
+
     def reboot(self):
         """A hard reset (read back as "hard"): write the reset marker first."""
         self.motor.disable()
