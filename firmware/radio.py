@@ -66,6 +66,7 @@ CHARS = (
 )
 CP_BUFFER = const(512)  # the longest frame (a full programme is under 300 bytes), never cut
 PAIRING_WINDOW_MS = const(60_000)
+PAIRING_FINISH_MS = const(30_000)  # SMP's own timeout: an accepted pairing ends within it
 INDICATE_TIMEOUT_MS = const(5_000)
 NOTIFY_RETRIES = const(50)  # ENOMEM: the stack's buffers are full; wait and try again
 STATUS_EVERY_MS = const(1_000)
@@ -109,6 +110,7 @@ class Radio:
         self._flag = None
         self._ind_flags = None  # per connection slot: the radio task saw its INDICATE_DONE
         self._ind_status = [-1] * MAX_CONN  # per connection slot: INDICATE_DONE status
+        self._ind_busy = [False] * MAX_CONN  # per connection slot: an indication is out
         self._conn_slot = {}
         self.pairing_until_ms = 0
         self._secrets_dirty = False
@@ -364,6 +366,12 @@ class Radio:
         # Numeric comparison: the pump shows the number in its log (a bench board's console);
         # it accepts only inside the pairing window opened by its button.
         ok = action == _PASSKEY_NUMERIC_COMPARISON and self.pairing_open()
+        if ok:
+            # The bond's keys are stored at the end of this pairing: they may come just after
+            # the window would have closed, and must not be refused then.
+            now = self.app.clock.now_ms()
+            if self.pairing_until_ms < now + PAIRING_FINISH_MS:
+                self.pairing_until_ms = now + PAIRING_FINISH_MS
         self.app.note("ble_pairing", conn, action, passkey, ok)
         self.ble.gap_passkey(conn, action, 1 if ok else 0)
 
@@ -386,21 +394,31 @@ class Radio:
                         return False
             self.app.note("ble_send_failed", conn, ch)
             return False
-        # One indication in flight per connection: wait for its acknowledgement.
-        self._ind_status[slot] = -1
-        try:
-            self.ble.gatts_indicate(conn, h, data)
-        except OSError:
-            self.app.note("ble_send_failed", conn, ch)
-            return False
+        # One indication in flight per connection: wait for the link to be free (a status
+        # indication may be out), send, then wait for the acknowledgement.
         until = self.app.clock.now_ms() + INDICATE_TIMEOUT_MS
-        while self._ind_status[slot] < 0:
-            now = self.app.clock.now_ms()
-            if now >= until or conn not in self._conn_slot:
+        while self._ind_busy[slot]:
+            if self.app.clock.now_ms() >= until or self._conn_slot.get(conn) != slot:
                 self.app.note("ble_indicate_timeout", conn, ch)
                 return False
-            await self.app.clock.wait_until(until, self._ind_flags[slot])
-        return self._ind_status[slot] == 0
+            await aio.sleep_ms(5)
+        self._ind_busy[slot] = True
+        try:
+            self._ind_status[slot] = -1
+            try:
+                self.ble.gatts_indicate(conn, h, data)
+            except OSError:
+                self.app.note("ble_send_failed", conn, ch)
+                return False
+            until = self.app.clock.now_ms() + INDICATE_TIMEOUT_MS
+            while self._ind_status[slot] < 0:
+                if self.app.clock.now_ms() >= until or self._conn_slot.get(conn) != slot:
+                    self.app.note("ble_indicate_timeout", conn, ch)
+                    return False
+                await self.app.clock.wait_until(until, self._ind_flags[slot])
+            return self._ind_status[slot] == 0
+        finally:
+            self._ind_busy[slot] = False
 
     # ---- the readable characteristics ----
 

@@ -62,7 +62,7 @@ class RadioRig:
 
     def pair(self, central):
         """Pair and let the pump answer its passkey action; True if a bond resulted."""
-        res = central.pair()
+        central.pair()
         self.run(50)
         BT._run()
         return bool(central.result) and central.bonded == 1
