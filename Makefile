@@ -24,7 +24,7 @@ TRACE_INPUTS := pyproject.toml $(shell find firmware boards host_tests tools -ty
 	-name '*.py' 2>/dev/null)
 
 .DEFAULT_GOAL := help
-.PHONY: help venv $(VENV) lint mpy test test-long trace bench sim deploy flash firmware clean \
+.PHONY: help venv $(VENV) lint mpy test test-long trace bench sim sim-radio deploy flash firmware clean \
 	distclean
 
 help: ## list the targets
@@ -65,6 +65,15 @@ bench: $(STAMP) mpy ## bench-rig run (tools/bench.py), writes build/bench.json
 
 sim: $(STAMP) ## run the virtual pump for 30 days; report in build/sim (tools/sim.py)
 	$(VPY) tools/sim.py
+
+# The virtual pump with its radio, in real time, for a programmer in another process (Bumble
+# TCP). Its keys are made once in build/sim-keys (tools/provision.py).
+SIM_KEYS := build/sim-keys/ITB-SIM-0001.pump
+$(SIM_KEYS): | $(STAMP)
+	$(VPY) tools/provision.py --pump-id ITB-SIM-0001 --out build/sim-keys
+
+sim-radio: $(STAMP) $(SIM_KEYS) ## the virtual pump serving BLE at tcp-server:127.0.0.1:6402
+	$(VPY) tools/sim_radio.py --keys $(SIM_KEYS)
 
 deploy: $(STAMP) ## compile and copy the firmware to a board: BOARD=esp32_devkitc PORT=/dev/ttyUSB0
 	$(DEPLOY) deploy --board "$(BOARD)" --port "$(PORT)"

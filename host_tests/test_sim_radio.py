@@ -1,0 +1,63 @@
+# The virtual pump's radio from another process (tools/sim_radio.py): a Bumble central in this
+# process reaches it over Bumble's TCP transport, pairs, authenticates and reads its status.
+
+import asyncio
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from host_tests.blecentral import Central
+from link import codes as K
+from link import keys as KF
+from link import service as SV
+from tools import linksession as LS
+from tools import provision as P
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.req("SR-25")
+def test_a_programmer_in_another_process_reaches_the_virtual_pump(tmp_path):
+    paths = P.provision("ITB-TCP-1", tmp_path)
+    pump_id, role, key, counter = P.load_key_file(paths["patient"])
+    assert KF.decode(paths["pump"].read_bytes())[0] == pump_id
+    spec = "127.0.0.1:%d" % _free_port()
+    proc = subprocess.Popen(
+        [sys.executable, str(ROOT / "tools" / "sim_radio.py"), "--keys", str(paths["pump"]),
+         "--listen", spec, "--no-console", "--minutes", "2"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
+    )  # fmt: skip
+    try:
+        line = proc.stdout.readline()
+        assert "serving BLE at tcp-server:%s" % spec in line, (line, proc.stderr.read())
+
+        async def go():
+            central, transport = await Central.over_tcp(spec)
+            try:
+                await central.connect()
+                await central.pair()
+                await central.exchange_mtu(247)
+                await central.discover()
+                s = LS.Session(central, pump_id, role, key, counter)
+                await s.start()
+                await s.login()
+                reply = await s.ask(SV.CH_STATUS_CP, K.GET_STATUS)
+                assert reply.ok and reply.data[0] == K.MODE_RUN
+                P.save_counter(paths["patient"], s.client.counter)
+            finally:
+                await transport.close()
+
+        asyncio.run(go())
+        assert P.load_key_file(paths["patient"])[3] == 1  # one command, its counter kept
+    finally:
+        proc.terminate()
+        proc.wait(10)
