@@ -458,7 +458,18 @@ class Radio:
         level = svc.battery_level()
         if level != self._battery_level:
             self._battery_level = level
-            ble.gatts_write(self.battery_handle, bytes((level,)))
+            value = bytes((level,))
+            ble.gatts_write(self.battery_handle, value)
+            if not first:
+                # Battery Level notifies every secure link (a state: a lost one is harmless,
+                # the value stays readable).
+                for conn in list(self._conn_slot):
+                    c = svc.conns.get(conn)
+                    if c is not None and c.secure:
+                        try:
+                            ble.gatts_notify(conn, self.battery_handle, value)
+                        except OSError:
+                            pass
 
     def _indicate_all(self, ch):
         # Status changes go to every connection with a session (the value itself is readable

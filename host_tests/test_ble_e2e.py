@@ -30,6 +30,7 @@ class Bench:
     """A commissioned virtual pump with its radio on Bumble, and one central."""
 
     async def open(self, accel=1):
+        self.sessions = []
         self.ble, central_dev = await BB.open_pair()
         self.scen = S.Scenario(keys=KF.encode(PUMP_ID, KEYS), ble_api=lambda: (self.ble,
                                                                                 BB.UUID))
@@ -72,18 +73,62 @@ class Bench:
         s = LS.Session(self.central, PUMP_ID, role, KEYS[role], counter)
         await s.start()
         await s.login()
+        self.sessions.append(s)
         return s
+
+    def therapy(self):
+        sup = self.vp.sup
+        eng = sup.engine
+        return (eng.rx.key() if eng.rx else None, eng.mode, eng.lim.as_tuple(), eng.conc,
+                eng.streams(), list(eng._patient_starts), sup.alarms.active(),
+                sup.refill_status(), sup.staged.key() if sup.staged else None,
+                dict(sup.counters))  # fmt: skip
+
+    async def replay_all(self):
+        """Replay every frame the test's sessions wrote (commands first, then the
+        authentication frames): no command may succeed, no session may result, and nothing
+        about the therapy (or the counters) may change. Returns how many were replayed."""
+        n = 0
+        before = self.therapy()
+        for s in self.sessions:
+            if self.central.connection is None:
+                break
+            frames = [f for f in s.sent if f[0] != SV.CH_AUTH_CP]
+            frames += [f for f in s.sent if f[0] == SV.CH_AUTH_CP]
+            for ch, frame in frames:
+                # Every session's queues hear every indication on the link: start clean.
+                for other in self.sessions:
+                    for q in other.queues.values():
+                        while not q.empty():
+                            q.get_nowait()
+                await self.central.write(LS.uuid_of(ch), frame)
+                body, _n = W.unseal(await asyncio.wait_for(s.queues[ch].get(), 5))
+                n += 1
+                if ch == SV.CH_AUTH_CP:
+                    if W.op_of(body) == K.AUTH_RESULT:
+                        assert body[2] != K.SUCCESS, "a replayed proof opened a session"
+                else:
+                    result = W.parse_response(body)[2]
+                    assert result != K.SUCCESS, "a replayed command succeeded"
+        assert self.therapy() == before
+        return n
 
     def events(self, name):
         records, _ = self.vp.app.store.log.scan()
         return [r[2][3] for r in records if r[2][2] == name]
 
 
-def run(coro_fn, accel=1):
+def run(coro_fn, accel=1, replay=True):
+    """Run one end-to-end test; then replay every frame it wrote (see Bench.replay_all)."""
+
     async def main():
         bench = await Bench().open(accel)
         try:
-            return await coro_fn(bench)
+            out = await coro_fn(bench)
+            if replay and bench.sessions and bench.central.connection is not None:
+                await bench.accelerate(1)
+                assert await bench.replay_all() > 0
+            return out
         finally:
             await bench.close()
 
@@ -138,7 +183,15 @@ def test_roles_bolus_lockout_and_every_captured_frame_replayed():
         assert (await s.ask(SV.CH_STATUS_CP, K.GET_STATUS)).ok
         assert (await s.ask(SV.CH_COMMAND_CP, K.PATIENT_BOLUS)).ok
         reply = await s.ask(SV.CH_COMMAND_CP, K.PATIENT_BOLUS)
-        assert reply.result == K.REFUSED and reply.reason()[0] in (R.LOCKOUT, R.BOLUS_ACTIVE)
+        assert reply.result == K.REFUSED and reply.reason() == (R.LOCKOUT, "patient")
+        # The bolus runs 10 min; the lockout is 3 h. After the bolus, still locked out.
+        await b.accelerate(400)
+        await asyncio.sleep(2.0)
+        await b.accelerate(1)
+        assert b.vp.sup.engine.streams() == []
+        s = await b.session(K.PATIENT, counter=s.client.counter)  # the old one idled out
+        reply = await s.ask(SV.CH_COMMAND_CP, K.PATIENT_BOLUS)
+        assert reply.result == K.REFUSED and reply.reason() == (R.LOCKOUT, "patient")
         reply = await s.ask(SV.CH_COMMAND_CP, K.STAGE, W.encode_rx(S.DEMO) + b"\xf0")
         assert reply.result == K.NOT_ALLOWED
         streams = b.vp.sup.engine.streams()

@@ -95,6 +95,7 @@ def test_codes_differ_pairwise_in_at_least_four_bits():
         "roles": (K.PATIENT, K.CLINICIAN),
         "modes": (K.MODE_STOP, K.MODE_RUN, K.MODE_MINIMUM),
         "flags": (K.NO, K.YES),
+        "alarm types": K.ALARM_CODES[1:],
     }  # fmt: skip
     for name, codes in groups.items():
         assert len(set(codes)) == len(codes), name
@@ -102,6 +103,13 @@ def test_codes_differ_pairwise_in_at_least_four_bits():
             assert a != 0, name
             for b in codes[i + 1 :]:
                 assert hamming(a, b) >= 4, (name, hex(a), hex(b))
+
+
+def test_every_alarm_of_the_pump_has_a_code():
+    from pump import alarms as A
+
+    assert len(K.ALARM_CODES) == len(A.TABLE) + 1
+    assert all(K.ALARM_IDS[K.ALARM_CODES[cid]] == cid for cid in A.TABLE)
 
 
 def test_every_op_has_an_allow_list_and_the_patient_only_what_the_issue_lists():

@@ -20,6 +20,10 @@ MODE_STOP = const(0x33)
 MODE_RUN = const(0x55)
 MODE_MINIMUM = const(0x3C)
 
+# ---- alarm types: the pump's alarm ids 1..10 (pump/alarms.py) as codewords ----
+ALARM_CODES = (0, 0x0F, 0x33, 0x3C, 0x55, 0x5A, 0x66, 0x69, 0x96, 0x99, 0xA5)  # by alarm id
+ALARM_IDS = {code: cid for cid, code in enumerate(ALARM_CODES) if cid}
+
 # ---- op codes (u16): the high byte names the control point ----
 # Authentication control point: no session yet, so no counter and no MAC.
 AUTH_START = const(0x0F33)  # client: role, client nonce

@@ -339,9 +339,9 @@ class Service:
         if op == K.PATIENT_BOLUS:
             return "patient_bolus", ()
         if op == K.ACK_ALARM:
-            return "acknowledge", (r.u8(),)
+            return "acknowledge", (K.ALARM_IDS[r.code(K.ALARM_IDS)],)
         if op == K.SNOOZE_ALARM:
-            cid = r.u8()
+            cid = K.ALARM_IDS[r.code(K.ALARM_IDS)]
             return "snooze", (cid, r.u16() * 60_000)
         if op == K.CLEAR_FAULT:
             return "clear_fault", ()
@@ -386,7 +386,7 @@ class Service:
         if sup.reservoir.is_low():
             flags |= FLAG_RESERVOIR_LOW
         active = sup.alarms.active()
-        top = active[0][0] if active else 0
+        top = K.ALARM_CODES[active[0][0]] if active else 0
         return struct.pack("<BBIHIBB", _THERAPY_STATE[eng.mode], flags,
                            sup.reservoir.remaining_nl(), eng.conc, self._rate_ng(), len(active),
                            top)  # fmt: skip
@@ -398,7 +398,8 @@ class Service:
         if not active:
             return bytes(5)
         cid, _name, prio, present, acked, _snooze = active[0]
-        return struct.pack("<BBBBB", cid, prio, W.flag(present), W.flag(acked), len(active))
+        return struct.pack("<BBBBB", K.ALARM_CODES[cid], prio, W.flag(present), W.flag(acked),
+                           len(active))  # fmt: skip
 
     def features(self):
         """Protocol version, the clinician limits, reservoir capacity and strength."""
@@ -447,7 +448,8 @@ class Service:
     def _alarms(self):
         out = bytearray()
         for cid, _name, prio, present, acked, snooze in self.app.sup.alarms.active():
-            out.extend(struct.pack("<BBBBQ", cid, prio, W.flag(present), W.flag(acked),
+            out.extend(struct.pack("<BBBBQ", K.ALARM_CODES[cid], prio, W.flag(present),
+                                   W.flag(acked),
                                    max(snooze, 0) if snooze else 0))  # fmt: skip
         return bytes(out)
 
