@@ -115,11 +115,13 @@ class App:
             await self.aio.sleep_ms(10)
         return None if not self._commit_wanted else NOT_SAVED
 
-    def note(self, name, *args):
-        """Log an event that changes no therapy (the radio's connections and commands): it is
-        written with the next commit, which it asks for."""
+    def note(self, name, *args, commit=True):
+        """Log an event that changes no therapy (the radio's connections and commands). It is
+        written with the next commit, which it asks for unless commit is False (events of
+        reads, which ride on the next commit rather than write the flash each time)."""
         self.sup.log(name, *args)
-        self._want_commit()
+        if commit:
+            self._want_commit()
 
     def history(self, first, last):
         """The event log's records first..last as stored (bytes each), oldest first."""

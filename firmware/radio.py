@@ -67,10 +67,15 @@ CHARS = (
 CP_BUFFER = const(512)  # the longest frame (a full programme is under 300 bytes), never cut
 PAIRING_WINDOW_MS = const(60_000)
 PAIRING_FINISH_MS = const(30_000)  # SMP's own timeout: an accepted pairing ends within it
-INDICATE_TIMEOUT_MS = const(5_000)
+# ATT's own transaction timeout is 30 s: an indication not acknowledged by then leaves the link
+# unusable (the spec's rule), so the pump gives up a little later and drops the link.
+INDICATE_TIMEOUT_MS = const(31_000)
 NOTIFY_RETRIES = const(50)  # ENOMEM: the stack's buffers are full; wait and try again
 STATUS_EVERY_MS = const(1_000)
-MAX_CONN = const(4)
+# One programmer at a time: a control point's value is one buffer shared by every link, and the
+# IRQ handler does not copy it (that would allocate), so a second link could overwrite a frame
+# before the task reads it. Advertising stops while a programmer is connected.
+MAX_CONN = const(1)
 RESTART_MS = const(5_000)  # after a fault, the radio waits this long before starting again
 _EVENTS = const(32)  # ring slots; an overflow is counted and logged, never silent
 # Slot fields: kind, connection, a, b, c, d.
@@ -81,6 +86,10 @@ _B = const(3)
 _C = const(4)
 _D = const(5)
 _FIELDS = const(6)
+
+
+class RadioFault(Exception):
+    """The radio is out of step with the stack: run() restarts it."""
 
 
 class Radio:
@@ -113,6 +122,8 @@ class Radio:
         self._ind_busy = [False] * MAX_CONN  # per connection slot: an indication is out
         self._conn_slot = {}
         self.pairing_until_ms = 0
+        self._store_until_ms = 0
+        self._status_due = [0] * MAX_CONN  # per connection slot: characteristics to indicate
         self._secrets_dirty = False
         self._status_value = None
         self._counter = [0] * SV.N_CHARS  # seal counters of the readable characteristics
@@ -181,7 +192,7 @@ class Radio:
         if key is None:
             # NimBLE lists the bonds to evict one when a store is refused: outside the pairing
             # window there is nothing to list, so nothing is evicted.
-            if not self._window_open():
+            if not self._storing_allowed():
                 return None
             i = 0
             for (t, _k), v in self.secrets.items():
@@ -197,7 +208,7 @@ class Radio:
         # or removed only inside the pairing window (a repeat pairing from a spoofed address
         # must not wipe a clinician's bond). A delete says True only if something went.
         k = (sec_type, bytes(key))
-        if sec_type != _SECRET_OUR_IRK and not self._window_open():
+        if sec_type != _SECRET_OUR_IRK and not self._storing_allowed():
             return False
         if value is None:
             if self.secrets.pop(k, None) is None:
@@ -211,6 +222,13 @@ class Radio:
 
     def _window_open(self):
         return self.app is not None and self.app.clock.now_ms() < self.pairing_until_ms
+
+    def _storing_allowed(self):
+        # Inside the window, or finishing a pairing the pump accepted inside it.
+        if self.app is None:
+            return False
+        now = self.app.clock.now_ms()
+        return now < self.pairing_until_ms or now < self._store_until_ms
 
     # ---- the pairing window ----
 
@@ -279,12 +297,21 @@ class Radio:
         ble.config(bond=True, mitm=True, le_secure=True, io=_IO_DISPLAY_YESNO)
         self._conn_slot = {}
         self._head = self._tail = 0
+        self._status_due = [0] * MAX_CONN
+        self._ind_busy = [False] * MAX_CONN
+        self._status_value = self._alarm_value = None
+        self._changed_value = self._battery_level = -1
         self._register()
         self._update_values(True)
         advertising = False
         try:
             while True:
                 now = app.clock.now_ms()
+                self._drain()
+                if self._connected_changed:
+                    # A connection ends advertising; a disconnection frees the pump to start
+                    # it again (below, at once).
+                    advertising = False
                 cut = app.sup.loads_cut()
                 if not cut and not advertising and len(self._conn_slot) < MAX_CONN:
                     self._advertise()
@@ -292,14 +319,16 @@ class Radio:
                 elif cut and advertising:
                     ble.gap_advertise(None)
                     advertising = False
-                self._drain()
-                if self._connected_changed:
-                    advertising = False
                 if self._secrets_dirty and self.secret_store is not None:
                     self._secrets_dirty = False
                     self.secret_store.save(self.secrets)
                 self._update_values(False)
-                await app.clock.wait_until(now + STATUS_EVERY_MS, self._flag)
+                self._send_due()
+                wake = now + STATUS_EVERY_MS
+                for due in self._status_due:
+                    if due:
+                        wake = now + 50  # an indication waits for the link: look again soon
+                await app.clock.wait_until(wake, self._flag)
         finally:
             ble.gap_advertise(None)
             for h in list(self._conn_slot):
@@ -350,8 +379,11 @@ class Radio:
                 self._passkey(conn, r[i + _A], r[i + _B])
             self._tail = (n + 1) % _EVENTS
         if self._lost:
-            self.app.note("ble_events_lost", self._lost)
+            n = self._lost
             self._lost = 0
+            # An event the full ring could not take may have been a connection or a
+            # disconnection: start the radio again rather than go on out of step with it.
+            raise RadioFault("%d BLE events lost" % n)
 
     async def _serve(self, conn, ch, frame):
         # Nothing a frame does may end the radio task, let alone the pump: a fault here is
@@ -363,17 +395,24 @@ class Radio:
             self.ble.gap_disconnect(conn)
 
     def _passkey(self, conn, action, passkey):
-        # Numeric comparison: the pump shows the number in its log (a bench board's console);
-        # it accepts only inside the pairing window opened by its button.
+        # Numeric comparison, inside the pairing window opened by the button: the pump shows
+        # the number in its log (a bench board's console) and accepts. Anything else is
+        # refused: outside the window, and any other method (the pump has no display, and a
+        # passkey it answered with would be a fixed one a central could type) drops the link.
         ok = action == _PASSKEY_NUMERIC_COMPARISON and self.pairing_open()
-        if ok:
-            # The bond's keys are stored at the end of this pairing: they may come just after
-            # the window would have closed, and must not be refused then.
-            now = self.app.clock.now_ms()
-            if self.pairing_until_ms < now + PAIRING_FINISH_MS:
-                self.pairing_until_ms = now + PAIRING_FINISH_MS
         self.app.note("ble_pairing", conn, action, passkey, ok)
-        self.ble.gap_passkey(conn, action, 1 if ok else 0)
+        if ok:
+            # The bond's keys are stored at the end of this pairing, which SMP ends within
+            # 30 s: the store may come after the window, and is accepted until then. This
+            # does not extend the window for any new pairing.
+            now = self.app.clock.now_ms()
+            if self._store_until_ms < now + PAIRING_FINISH_MS:
+                self._store_until_ms = now + PAIRING_FINISH_MS
+            self.ble.gap_passkey(conn, action, 1)
+        elif action == _PASSKEY_NUMERIC_COMPARISON:
+            self.ble.gap_passkey(conn, action, 0)
+        else:
+            self.ble.gap_disconnect(conn)
 
     # ---- sending (the service's send) ----
 
@@ -412,8 +451,11 @@ class Radio:
                 return False
             until = self.app.clock.now_ms() + INDICATE_TIMEOUT_MS
             while self._ind_status[slot] < 0:
-                if self.app.clock.now_ms() >= until or self._conn_slot.get(conn) != slot:
+                if self._conn_slot.get(conn) != slot:
+                    return False
+                if self.app.clock.now_ms() >= until:
                     self.app.note("ble_indicate_timeout", conn, ch)
+                    self.ble.gap_disconnect(conn)
                     return False
                 await self.app.clock.wait_until(until, self._ind_flags[slot])
             return self._ind_status[slot] == 0
@@ -472,14 +514,26 @@ class Radio:
                             pass
 
     def _indicate_all(self, ch):
-        # Status changes go to every connection with a session (the value itself is readable
-        # by them; others learn nothing).
+        # Marked due for every connection with a session, and sent by _send_due() when the
+        # link has no indication out: control-point responses go first, and a burst of
+        # changes becomes one indication of the latest value.
         svc = self.service
-        value = self.ble.gatts_read(self.handles[ch])
-        for conn in list(self._conn_slot):
+        for conn, slot in self._conn_slot.items():
             c = svc.conns.get(conn)
             if c is not None and c.session is not None:
-                self.app.aio.create_task(self._send(conn, ch, value, True))
+                self._status_due[slot] |= 1 << ch
+
+    def _send_due(self):
+        for conn, slot in self._conn_slot.items():
+            due = self._status_due[slot]
+            if not due or self._ind_busy[slot]:
+                continue
+            for ch in (SV.CH_STATUS, SV.CH_ALARM, SV.CH_CHANGED):
+                if due & (1 << ch):
+                    self._status_due[slot] = due & ~(1 << ch)
+                    value = self.ble.gatts_read(self.handles[ch])
+                    self.app.aio.create_task(self._send(conn, ch, value, True))
+                    break
 
 
 BONDS_PATH = "/bonds"

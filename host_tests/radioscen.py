@@ -13,6 +13,7 @@ from link import wire as W
 from pump import reasons as R
 from pump import rx as RX
 
+_IO_KEYBOARD_ONLY = 2
 _IO_NO_INPUT_OUTPUT = 3
 
 
@@ -89,11 +90,14 @@ def session_bolus_and_replay(rig):
         bad.append("patient bolus not granted: %r" % (reply,))
     frame = cl.command(SV.CH_COMMAND_CP, K.PATIENT_BOLUS)
     rig.write(c, SV.CH_COMMAND_CP, frame)
-    streams = rig.vp.sup.engine.streams()
+    counters = dict(rig.vp.sup.counters)
+    log_len = len(rig.vp.app.journal.pending)
     for again in (frame, W.seal(W.unseal(frame)[0], 77)):
         rig.write(c, SV.CH_COMMAND_CP, again)
-    if rig.vp.sup.engine.streams() != streams:
-        bad.append("a replayed frame changed the boluses")
+    if rig.vp.sup.counters != counters:
+        bad.append("a replayed frame moved the counters")
+    if len(rig.vp.app.journal.pending) < log_len:
+        bad.append("the log lost events")
     results = [e[3] for e in _events(rig, "ble_command")]
     if K.REPLAYED not in results:
         bad.append("the replay is not logged as refused: %r" % (results,))
@@ -151,9 +155,13 @@ def congestion_and_silence(rig):
         bad.append("records lost to ENOMEM: %r" % (reply,))
     c.ack_mode = "hold"
     before = len(rig.vp.delivered)
-    rig.write(c, SV.CH_STATUS_CP, cl.command(SV.CH_STATUS_CP, K.GET_STATUS), ms=10_000)
+    rig.write(c, SV.CH_STATUS_CP, cl.command(SV.CH_STATUS_CP, K.GET_STATUS), ms=40_000)
     if not _events(rig, "ble_indicate_timeout"):
         bad.append("an unacknowledged indication is not logged")
+    if c.connected:
+        bad.append("the link stays up after ATT's transaction timeout")
+    if BT._advertising() is None:
+        bad.append("the pump does not advertise again after dropping the link")
     rig.run(600_000)
     if len(rig.vp.delivered) <= before:
         bad.append("delivery stopped behind a silent central")
@@ -188,22 +196,49 @@ def irq_handler_allocates_nothing(rig):
     radio = rig.radio
     h = rig.handles[SV.CH_STATUS_CP]
     addr = memoryview(b"\x01\x02\x03\x04\x05\x06")
+    status = rig.handles[SV.CH_STATUS]
     cases = [(3, (7, h)), (20, (7, h, 0)), (21, (7, 185)), (28, (7, 1, 1, 1, 16)),
-             (1, (7, 0, addr)), (2, (7, 0, addr))]  # fmt: skip
+             (1, (7, 0, addr)), (2, (7, 0, addr)), (4, (7, status))]  # fmt: skip
     bad = []
     for event, data in cases:
         radio._head = radio._tail = 0
         micropython.heap_lock()
         try:
-            radio._irq(event, data)
+            answer = radio._irq(event, data)
             ok = radio._lost == 0
         except MemoryError:
             ok = False
         finally:
             micropython.heap_unlock()
+        if event == 4 and answer != 0x05:
+            bad.append("a read on an unknown link was not refused (%r)" % (answer,))
         if not ok:
             bad.append("the IRQ handler allocated on event %d" % event)
         radio._head = radio._tail = 0
+    return bad
+
+
+def other_pairing_methods_dropped(rig):
+    # A central that can only type (the pump would have to show a passkey it does not have):
+    # dropped, inside the window as outside it, and nothing is stored.
+    bad = []
+    for inside in (False, True):
+        if inside:
+            rig.press()
+        c = rig.central(io=_IO_KEYBOARD_ONLY)
+        c.passkey = 0  # what an attacker would type if the pump answered with a zero
+        rig.pair(c)
+        rig.run(100)
+        if c.authenticated or c.bonded:
+            bad.append("passkey pairing got a link (inside the window: %r)" % inside)
+        if c.connected:
+            bad.append("the link was not dropped (inside the window: %r)" % inside)
+            c.disconnect()
+        rig.run(100)
+    if BT._state["bonds_made"]:
+        bad.append("a bond was stored")
+    if [e[3] for e in _events(rig, "ble_pairing")] != [False, False]:
+        bad.append("the refused pairings are not logged")
     return bad
 
 
@@ -218,7 +253,8 @@ def no_handler_errors(rig):
 
 SCENARIOS = (pairing_window, just_works_gets_nothing, session_bolus_and_replay,
              long_writes_are_whole, link_lost_mid_programming, congestion_and_silence,
-             status_indicated_on_change, irq_handler_allocates_nothing)  # fmt: skip
+             status_indicated_on_change, irq_handler_allocates_nothing,
+             other_pairing_methods_dropped)  # fmt: skip
 
 
 def run(scenario):

@@ -15,6 +15,7 @@ REQS = {
     "congestion_and_silence": ("SR-27",),
     "status_indicated_on_change": ("SR-25",),
     "irq_handler_allocates_nothing": ("SR-33",),
+    "other_pairing_methods_dropped": ("SR-48",),
 }
 
 

@@ -52,7 +52,7 @@ class Client:
         self._np = None
         self._out = {}  # next end-to-end counter per control point
         self._in = {}  # last end-to-end counter seen per characteristic
-        self._pending = {}  # control point: (op, counter)
+        self._pending = {}  # (control point, counter): op of each request not yet answered
         self._data = {}  # data characteristic: bytearray of records since the last response
         self._digest = {}
 
@@ -117,7 +117,7 @@ class Client:
         if self.sk is None:
             raise ProtocolError("No session: authenticate first.")
         self.counter += 1
-        self._pending[ch] = (op, self.counter)
+        self._pending[(ch, self.counter)] = op
         return self.seal(ch, W.command(self.sk, op, self.counter, operand))
 
     def record(self, ch, frame):
@@ -129,22 +129,25 @@ class Client:
         """The response on control point ch, with the records received on data_ch since the last
         response there; raises ProtocolError if it is not the pump's answer to our request."""
         body = self.unseal(ch, frame)
-        data = bytes(self._data.pop(data_ch, b""))
         try:
             resp_op, counter, result, mac = W.parse_response(body)
         except W.Bad:
             raise ProtocolError("The pump's response is malformed.") from None
-        op, want_counter = self._pending.get(ch, (0, None))
         if resp_op not in (K.STATUS_RESPONSE, K.COMMAND_RESPONSE, K.RACP_RESPONSE):
             raise ProtocolError("The pump answered with an unknown response op code.")
-        if counter == want_counter and mac != bytes(W.MAC_LEN):
+        op = self._pending.get((ch, counter))
+        if op is not None and mac != bytes(W.MAC_LEN):
+            # An abort's response covers no records: the report's records are covered by the
+            # report's own response, which follows.
+            data = b"" if op == K.RACP_ABORT else bytes(self._data.pop(data_ch, b""))
             digest = W.sha256(data).digest()
             if not W.equal(W.response_mac(self.sk, resp_op, op, counter, result, digest), mac):
                 raise ProtocolError("The pump's response failed its MAC check.")
-            del self._pending[ch]
+            del self._pending[(ch, counter)]
             return Reply(op, counter, result, data)
         # Unauthenticated: the pump refused the frame before it could check it was ours
-        # (wrong length, CRC, MAC, no session...). Only a refusal may be unauthenticated.
+        # (wrong length, CRC, MAC, no session, busy...). Only a refusal may be unauthenticated.
         if result == K.SUCCESS:
             raise ProtocolError("The pump's success response is not authenticated.")
-        return Reply(op, counter, result, data)
+        self._pending.pop((ch, counter), None)
+        return Reply(op or 0, counter, result, b"")

@@ -33,10 +33,14 @@ CONTROL_POINTS = (CH_STATUS_CP, CH_COMMAND_CP, CH_RACP, CH_AUTH_CP)
 _RESPONSE_OP = {CH_STATUS_CP: K.STATUS_RESPONSE, CH_COMMAND_CP: K.COMMAND_RESPONSE,
                 CH_RACP: K.RACP_RESPONSE}  # fmt: skip
 _OPS = {CH_STATUS_CP: K.STATUS_OPS, CH_COMMAND_CP: K.COMMAND_OPS, CH_RACP: K.RACP_OPS}
+# Ops that change nothing: their counters and log entries need no commit of their own.
+_READS = (K.GET_STATUS, K.GET_PROGRAMME, K.GET_LIMITS, K.GET_ALARMS, K.GET_REFILL,
+          K.RESET_CHANGED, K.RACP_REPORT, K.RACP_COUNT, K.RACP_ABORT)  # fmt: skip
 _DATA_CHAR = {CH_STATUS_CP: CH_COMMAND_DATA, CH_COMMAND_CP: CH_COMMAND_DATA,
               CH_RACP: CH_HISTORY_DATA}  # fmt: skip
 
 SESSION_IDLE_MS = const(300_000)  # a session not used for 5 min ends
+COUNTER_STEP_MAX = const(65_536)  # a command counter may jump at most this far above the last
 AUTH_FREE_FAILURES = const(3)  # failed proofs before the pump starts making clients wait
 LOCKOUT_FIRST_MS = const(5_000)  # then 5 s, doubling with each further failure ...
 LOCKOUT_MAX_MS = const(600_000)  # ... up to 10 min
@@ -84,7 +88,8 @@ class Conn:
         self.e2e_out = [0] * N_CHARS  # next counter per characteristic the pump sends on
         self.session = None
         self.challenge = None  # (role, client nonce, pump nonce) between START and PROOF
-        self.busy = False  # a procedure runs (its response not yet sent)
+        self.busy = False  # a procedure runs (its final answer not yet handed over)
+        self.proc = 0  # procedures started on this connection
         self.abort = False  # an authenticated RACP abort arrived during a report
         self.connected_ms = now_ms
         self.log_minute = -1
@@ -161,16 +166,28 @@ class Service:
         c = self.conns.get(handle)
         if c is None:
             return None
-        if ch == CH_AUTH_CP:
-            return await self._auth(c, frame)
         if c.busy:
+            if ch == CH_AUTH_CP:
+                # A session must not change under a running procedure.
+                self._refused_frame(c, ch, 0, K.BUSY)
+                await self._auth_answer(c, K.BUSY, bytes(W.PUMP_PROOF_LEN), 0, False)
+                return K.BUSY
             return await self._while_busy(c, ch, frame)
+        # A procedure runs from here until its final answer is handed to the radio (a client
+        # may write its next frame as soon as it has that answer, before the pump has heard
+        # the acknowledgement); the token keeps a finished procedure from clearing the flags
+        # of the next one.
+        c.proc += 1
+        token = c.proc
         c.busy = True
         try:
+            if ch == CH_AUTH_CP:
+                return await self._auth(c, frame)
             return await self._command(c, ch, frame)
         finally:
-            c.busy = False
-            c.abort = False
+            if c.proc == token:
+                c.busy = False
+                c.abort = False
 
     async def _command(self, c, ch, frame):
         resp_op = _RESPONSE_OP[ch]
@@ -179,7 +196,7 @@ class Service:
         try:
             if not c.secure:
                 raise W.Bad(K.INSECURE, "link not secure")
-            body = self._unseal(c, ch, frame)
+            body, e2e = self._unseal(c, ch, frame)
             op, counter, operand, mac = W.parse_command(body)
             if op not in _OPS[ch]:
                 raise W.Bad(K.UNKNOWN_OP, "not an op code of this control point")
@@ -191,8 +208,12 @@ class Service:
             await self._respond(c, ch, None, resp_op, op, counter, e.code)
             return e.code
         # Authenticated from here: answers carry a MAC.
+        c.e2e_in[ch] = e2e
         result, data = await self._authenticated(c, ch, s, op, counter, operand)
-        self._note("ble_command", c.handle, K.ROLE_NAMES[s.role], op, result)
+        # A read that succeeded is logged with the next commit; a change, and any refusal of
+        # an authenticated command, is saved at once.
+        self._note("ble_command", c.handle, K.ROLE_NAMES[s.role], op, result,
+                   commit=op not in _READS or result != K.SUCCESS)  # fmt: skip
         if result == K.SUCCESS and ch == CH_RACP and op == K.RACP_REPORT:
             result = await self._report(c, s, counter, operand)
             return result
@@ -205,11 +226,13 @@ class Service:
         return result
 
     def _unseal(self, c, ch, frame):
+        """(body, e2e counter); DUPLICATE if the counter is the last accepted frame's. The
+        caller records the counter (self._seen) only once the frame is accepted, so a refused
+        frame changes nothing, not even the duplicate check."""
         body, e2e = W.unseal(frame)
         if e2e == c.e2e_in[ch]:
             raise W.Bad(K.DUPLICATE, "end-to-end counter repeats")
-        c.e2e_in[ch] = e2e
-        return body
+        return body, e2e
 
     def _session(self, c):
         s = c.session
@@ -223,17 +246,27 @@ class Service:
 
     async def _authenticated(self, c, ch, s, op, counter, operand):
         """(result, data) of an authenticated command."""
-        s.used_ms = self.clock.now_ms()
         if counter <= s.last_counter:
             return K.REPLAYED, b""
-        # Spent before anything else, and saved with the change the command makes: no reboot
-        # can make this counter valid again.
-        bad = self.app.submit("use_counter", K.ROLE_NAMES[s.role], counter)
-        if bad is not None and bad.code != R.STORAGE_FAILED:
-            return K.REFUSED, W.refusal_data(bad.code, bad.field)
-        # While storage fails the counter lives in RAM only; the session key, which no reboot
-        # keeps, still makes every frame of this session worthless in any other.
+        if counter - s.last_counter > COUNTER_STEP_MAX:
+            # One frame must not be able to use up a role's counters for good.
+            return K.BAD_OPERAND, b""
+        s.used_ms = self.clock.now_ms()
         s.last_counter = counter
+        if op not in _READS:
+            # Spent before anything else, and saved with the change the command makes: no
+            # reboot can make this counter valid again. (A read's counter lives in RAM and
+            # rides on the next commit: a read replayed after a reboot could change nothing,
+            # and a client polling status must not write the flash at each poll.)
+            bad = self.app.submit("use_counter", K.ROLE_NAMES[s.role], counter)
+            if bad is not None and bad.code == R.ALREADY_DONE:
+                return K.REPLAYED, b""  # used by another session of this role
+            if bad is not None and bad.code != R.STORAGE_FAILED:
+                return K.REFUSED, W.refusal_data(bad.code, bad.field)
+            # While storage fails the counter lives in RAM only; the session key, which no
+            # reboot keeps, still makes every frame of this session worthless in any other.
+        else:
+            self.app.sup.counters_seen(K.ROLE_NAMES[s.role], counter)
         if s.role not in K.ALLOWED.get(op, ()):
             return K.NOT_ALLOWED, b""
         try:
@@ -244,10 +277,12 @@ class Service:
     async def _while_busy(self, c, ch, frame):
         # Only an abort of a running report is taken now; anything else waits its turn, which
         # the client learns as BUSY (nothing changed).
+        counter = 0
+        op = 0
         try:
             if not c.secure:
                 raise W.Bad(K.INSECURE, "link not secure")
-            body = self._unseal(c, ch, frame)
+            body, e2e = self._unseal(c, ch, frame)
             op, counter, operand, mac = W.parse_command(body)
             s = self._session(c)
             if (ch != CH_RACP or op != K.RACP_ABORT or operand
@@ -256,14 +291,16 @@ class Service:
             if counter <= s.last_counter:
                 raise W.Bad(K.REPLAYED, "replayed counter")
         except W.Bad as e:
-            self._refused_frame(c, ch, 0, e.code)
-            await self._respond(c, ch, None, _RESPONSE_OP[ch], 0, 0, e.code)
+            self._refused_frame(c, ch, op, e.code)
+            await self._respond(c, ch, None, _RESPONSE_OP[ch], op, counter, e.code, final=False)
             return e.code
+        c.e2e_in[ch] = e2e
         s.last_counter = counter
-        self.app.submit("use_counter", K.ROLE_NAMES[s.role], counter)
+        s.used_ms = self.clock.now_ms()
+        self.app.sup.counters_seen(K.ROLE_NAMES[s.role], counter)
         c.abort = True
-        self._note("ble_command", c.handle, K.ROLE_NAMES[s.role], op, K.SUCCESS)
-        await self._respond(c, ch, s, K.RACP_RESPONSE, op, counter, K.SUCCESS)
+        self._note("ble_command", c.handle, K.ROLE_NAMES[s.role], op, K.SUCCESS, commit=False)
+        await self._respond(c, ch, s, K.RACP_RESPONSE, op, counter, K.SUCCESS, final=False)
         return K.SUCCESS
 
     # ---- the operations ----
@@ -470,7 +507,17 @@ class Service:
         c.e2e_out[ch] = (n + 1) & 0xFF
         return n
 
-    async def _respond(self, c, ch, s, resp_op, req_op, counter, result, digest=W.EMPTY_DIGEST):
+    def _live(self, c):
+        # A connection handle is reused after a disconnect: send only to the very Conn the
+        # request came on.
+        return self.conns.get(c.handle) is c
+
+    async def _respond(self, c, ch, s, resp_op, req_op, counter, result, digest=W.EMPTY_DIGEST,
+                       final=True):  # fmt: skip
+        if not self._live(c):
+            return False
+        if final:
+            c.busy = False  # the procedure is over once its response is out
         body = W.response(None if s is None else s.key, resp_op, req_op, counter, result,
                           digest)  # fmt: skip
         return await self.send(c.handle, ch, W.seal(body, self._next_out(c, ch)), True)
@@ -482,6 +529,8 @@ class Service:
         size = c.mtu - 3 - W.E2E_LEN
         for piece in W.chunks(data, size):
             h.update(piece)
+            if not self._live(c):
+                return None
             if not await self.send(c.handle, ch, W.seal(piece, self._next_out(c, ch)), False):
                 return None
         return h.digest()
@@ -501,6 +550,8 @@ class Service:
             n += 1
             for piece in W.chunks(raw, size):
                 h.update(piece)
+                if not self._live(c):
+                    return None
                 if not await self.send(c.handle, CH_HISTORY_DATA,
                                        W.seal(piece, self._next_out(c, CH_HISTORY_DATA)),
                                        False):  # fmt: skip
@@ -518,9 +569,10 @@ class Service:
         try:
             if not c.secure:
                 raise W.Bad(K.INSECURE, "link not secure")
-            body = self._unseal(c, CH_AUTH_CP, frame)
+            body, e2e = self._unseal(c, CH_AUTH_CP, frame)
             if len(body) < 2:
                 raise W.Bad(K.BAD_LENGTH, "no op code")
+            c.e2e_in[CH_AUTH_CP] = e2e
             op = W.op_of(body)
             if op == K.AUTH_START:
                 if len(body) != 3 + W.NONCE_LEN:
@@ -533,6 +585,7 @@ class Service:
                 self._end_session(c, "new start")
                 np = bytes(self.random(W.NONCE_LEN))
                 c.challenge = (role, bytes(body[3:]), np)
+                c.busy = False  # the challenge is the procedure's final answer
                 await self.send(c.handle, CH_AUTH_CP,
                                 W.seal(W.auth_challenge(np), self._next_out(c, CH_AUTH_CP)),
                                 True)  # fmt: skip
@@ -578,7 +631,11 @@ class Service:
             await self._auth_answer(c, e.code, bytes(W.PUMP_PROOF_LEN), 0)
             return e.code
 
-    async def _auth_answer(self, c, result, proof, last):
+    async def _auth_answer(self, c, result, proof, last, final=True):
+        if not self._live(c):
+            return
+        if final:
+            c.busy = False
         frame = W.seal(W.auth_result(result, proof, last), self._next_out(c, CH_AUTH_CP))
         await self.send(c.handle, CH_AUTH_CP, frame, True)
 
@@ -602,8 +659,8 @@ class Service:
 
     # ---- the log ----
 
-    def _note(self, name, *args):
-        self.app.note(name, *args)
+    def _note(self, name, *args, commit=True):
+        self.app.note(name, *args, commit=commit)
 
     def _refused_frame(self, c, ch, op, code):
         minute = self.clock.now_ms() // 60_000
