@@ -56,7 +56,7 @@ CHARS = (
     (SV.CH_STATUS, 0x0001, _READ | _INDICATE | _READ_AUTHN),
     (SV.CH_CHANGED, 0x0002, _READ | _INDICATE | _READ_AUTHN),
     (SV.CH_ALARM, 0x0003, _READ | _INDICATE | _READ_AUTHN),
-    (SV.CH_FEATURES, 0x0004, _READ | _READ_ENC),
+    (SV.CH_FEATURES, 0x0004, _READ | _READ_AUTHN),
     (SV.CH_STATUS_CP, 0x0005, _WRITE | _INDICATE | _WRITE_AUTHN),
     (SV.CH_COMMAND_CP, 0x0006, _WRITE | _INDICATE | _WRITE_AUTHN),
     (SV.CH_COMMAND_DATA, 0x0007, _NOTIFY | _READ_AUTHN),
@@ -123,6 +123,7 @@ class Radio:
         self._conn_slot = {}
         self.pairing_until_ms = 0
         self._store_until_ms = 0
+        self._refused_stores = 0
         self._status_due = [0] * MAX_CONN  # per connection slot: characteristics to indicate
         self._secrets_dirty = False
         self._status_value = None
@@ -209,6 +210,9 @@ class Radio:
         # must not wipe a clinician's bond). A delete says True only if something went.
         k = (sec_type, bytes(key))
         if sec_type != _SECRET_OUR_IRK and not self._storing_allowed():
+            self._refused_stores += 1  # logged by the task
+            if self._flag is not None:
+                self._flag.set()
             return False
         if value is None:
             if self.secrets.pop(k, None) is None:
@@ -350,6 +354,7 @@ class Radio:
                     slot += 1
                 if slot >= MAX_CONN:
                     self.ble.gap_disconnect(conn)  # more links than the pump serves
+                    self.app.note("ble_connection_refused", conn, "busy")
                     self._tail = (n + 1) % _EVENTS
                     continue
                 self._conn_slot[conn] = slot
@@ -378,6 +383,9 @@ class Radio:
             elif kind == _IRQ_PASSKEY_ACTION:
                 self._passkey(conn, r[i + _A], r[i + _B])
             self._tail = (n + 1) % _EVENTS
+        if self._refused_stores:
+            self.app.note("ble_bond_refused", self._refused_stores)
+            self._refused_stores = 0
         if self._lost:
             n = self._lost
             self._lost = 0

@@ -28,6 +28,7 @@ class Rig:
         self.vp = self.scen.vp
         self.sent = []  # (handle, ch, frame, indicate) in the order sent
         self.fail_sends = False
+        self.send_ms = 0  # simulated time each send takes (0: none, the send does not yield)
         self.svc = None
         self._start(secure, mtu)
 
@@ -55,6 +56,8 @@ class Rig:
     async def _send(self, handle, ch, frame, indicate):
         if self.fail_sends:
             return False
+        if self.send_ms:
+            await self.vp.loop.sleep_ms(self.send_ms)
         self.sent.append((handle, ch, bytes(frame), indicate))
         return True
 

@@ -241,7 +241,11 @@ def test_stage_commit_refill_alarm_and_status_indications():
         await asyncio.sleep(1.5)
         alarms = await s.ask(SV.CH_STATUS_CP, K.GET_ALARMS)
         cid = alarms.data[0]
+        assert [a[4] for a in b.vp.sup.alarms.active() if a[0] == A.CLOCK] == [False]
+        assert cid == K.ALARM_CODES[A.CLOCK]
         assert (await s.ask(SV.CH_COMMAND_CP, K.ACK_ALARM, bytes((cid,)))).ok
+        # Acknowledged: an alarm whose condition is gone is then cleared.
+        assert [a[4] for a in b.vp.sup.alarms.active() if a[0] == A.CLOCK] in ([], [True])
         # A status indication came when the programme changed (its rate is in the status).
         got = []
         while not status_q.empty():
