@@ -335,9 +335,27 @@ def test_counters_survive_a_reboot():
     assert rig.write(SV.CH_COMMAND_CP, frame)[0] == K.SUCCESS
     used = c.counter
     rig.reboot()
-    fresh = rig.login(K.PATIENT)  # a new client that kept no counter learns the pump's last
-    assert fresh.counter == used
-    assert rig.vp.sup.counters["patient"] == used
+    # What was saved covers every counter used (with a reservation of the next ones): a new
+    # client that kept no counter learns it and goes on above it.
+    assert rig.vp.sup.counters["patient"] == used + SV.COUNTER_RESERVE
+    fresh = rig.login(K.PATIENT)
+    assert fresh.counter == used + SV.COUNTER_RESERVE
+    assert rig.ask(fresh, SV.CH_STATUS_CP, K.GET_STATUS).ok
+    # The frame from before the reboot, resealed for this link: refused.
+    res, _ = rig.write(SV.CH_COMMAND_CP, W.seal(W.unseal(frame)[0], 9))
+    assert res in (K.BAD_MAC, K.REPLAYED)
+
+
+def test_polling_the_status_does_not_write_the_flash_at_each_read():
+    rig = Rig()
+    c = rig.login(K.PATIENT)
+    assert rig.ask(c, SV.CH_STATUS_CP, K.GET_STATUS).ok  # the session's first: saved
+    before = rig.vp.app.store.commits
+    for _ in range(100):
+        assert rig.ask(c, SV.CH_STATUS_CP, K.GET_STATUS, ms=500).ok
+    # 50 s of pump time: at most a checkpoint or two of the pump's own, not one per read.
+    assert rig.vp.app.store.commits - before <= 2
+    assert rig.vp.sup.counters["patient"] >= c.counter
 
 
 def test_an_aborted_or_failed_link_mid_records_sends_no_response():

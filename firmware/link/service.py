@@ -33,7 +33,7 @@ CONTROL_POINTS = (CH_STATUS_CP, CH_COMMAND_CP, CH_RACP, CH_AUTH_CP)
 _RESPONSE_OP = {CH_STATUS_CP: K.STATUS_RESPONSE, CH_COMMAND_CP: K.COMMAND_RESPONSE,
                 CH_RACP: K.RACP_RESPONSE}  # fmt: skip
 _OPS = {CH_STATUS_CP: K.STATUS_OPS, CH_COMMAND_CP: K.COMMAND_OPS, CH_RACP: K.RACP_OPS}
-# Ops that change nothing: their counters and log entries need no commit of their own.
+# Ops that change nothing: their log entries need no commit of their own.
 _READS = (K.GET_STATUS, K.GET_PROGRAMME, K.GET_LIMITS, K.GET_ALARMS, K.GET_REFILL,
           K.RESET_CHANGED, K.RACP_REPORT, K.RACP_COUNT, K.RACP_ABORT)  # fmt: skip
 _DATA_CHAR = {CH_STATUS_CP: CH_COMMAND_DATA, CH_COMMAND_CP: CH_COMMAND_DATA,
@@ -41,6 +41,7 @@ _DATA_CHAR = {CH_STATUS_CP: CH_COMMAND_DATA, CH_COMMAND_CP: CH_COMMAND_DATA,
 
 SESSION_IDLE_MS = const(300_000)  # a session not used for 5 min ends
 COUNTER_STEP_MAX = const(65_536)  # a command counter may jump at most this far above the last
+COUNTER_RESERVE = const(1_024)  # counters saved ahead of use (see _authenticated)
 AUTH_FREE_FAILURES = const(3)  # failed proofs before the pump starts making clients wait
 LOCKOUT_FIRST_MS = const(5_000)  # then 5 s, doubling with each further failure ...
 LOCKOUT_MAX_MS = const(600_000)  # ... up to 10 min
@@ -253,20 +254,20 @@ class Service:
             return K.BAD_OPERAND, b""
         s.used_ms = self.clock.now_ms()
         s.last_counter = counter
-        if op not in _READS:
-            # Spent before anything else, and saved with the change the command makes: no
-            # reboot can make this counter valid again. (A read's counter lives in RAM and
-            # rides on the next commit: a read replayed after a reboot could change nothing,
-            # and a client polling status must not write the flash at each poll.)
-            bad = self.app.submit("use_counter", K.ROLE_NAMES[s.role], counter)
-            if bad is not None and bad.code == R.ALREADY_DONE:
-                return K.REPLAYED, b""  # used by another session of this role
-            if bad is not None and bad.code != R.STORAGE_FAILED:
-                return K.REFUSED, W.refusal_data(bad.code, bad.field)
-            # While storage fails the counter lives in RAM only; the session key, which no
-            # reboot keeps, still makes every frame of this session worthless in any other.
-        else:
-            self.app.sup.counters_seen(K.ROLE_NAMES[s.role], counter)
+        name = K.ROLE_NAMES[s.role]
+        if counter > self.app.sup.counters.get(name, 0):
+            # Saved before the command acts, so no reboot can make this counter valid again:
+            # as a reservation of the next COUNTER_RESERVE counters, so that a client reading
+            # the status often writes the flash once per COUNTER_RESERVE reads, not at each.
+            res = await self.app.request("use_counter", name, counter + COUNTER_RESERVE)
+            if res is not None and res != self.app.NOT_SAVED:
+                if res.code == R.ALREADY_DONE:
+                    return K.REPLAYED, b""
+                if res.code != R.STORAGE_FAILED:
+                    return K.REFUSED, W.refusal_data(res.code, res.field)
+                # While storage fails the counter lives in RAM only; the session key, which
+                # no reboot keeps, still makes every frame of this session worthless in any
+                # other.
         if s.role not in K.ALLOWED.get(op, ()):
             return K.NOT_ALLOWED, b""
         try:
@@ -297,7 +298,9 @@ class Service:
         c.e2e_in[ch] = e2e
         s.last_counter = counter
         s.used_ms = self.clock.now_ms()
-        self.app.sup.counters_seen(K.ROLE_NAMES[s.role], counter)
+        name = K.ROLE_NAMES[s.role]
+        if counter > self.app.sup.counters.get(name, 0):
+            self.app.submit("use_counter", name, counter + COUNTER_RESERVE)
         c.abort = True
         self._note("ble_command", c.handle, K.ROLE_NAMES[s.role], op, K.SUCCESS, commit=False)
         await self._respond(c, ch, s, K.RACP_RESPONSE, op, counter, K.SUCCESS, final=False)

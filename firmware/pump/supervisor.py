@@ -648,12 +648,6 @@ class Supervisor:
         self._changed()
         return None
 
-    def counters_seen(self, name, value):
-        """A read-only command's counter: raised in RAM only (the next commit saves it with the
-        rest); nothing is logged here, since the radio logs the command itself."""
-        if isinstance(value, int) and self.counters.get(name, 0) < value < _MAX_STORED:
-            self.counters[name] = value
-
     # ---- the clock ----
 
     def wall_ms(self):
