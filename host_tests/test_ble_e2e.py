@@ -76,6 +76,19 @@ class Bench:
         self.sessions.append(s)
         return s
 
+    async def reconnect(self):
+        """A test that dropped the link: connect again with the bond (an attacker who
+        captured the frames could not even do that much), and listen as the sessions did."""
+        if self.central.connection is not None:
+            return
+        await asyncio.sleep(0.05)  # the pump advertises again
+        await self.central.connect()
+        await self.central.encrypt()
+        await self.central.exchange_mtu(247)
+        await self.central.discover()
+        for s in self.sessions:
+            await s.start()
+
     def therapy(self):
         sup = self.vp.sup
         eng = sup.engine
@@ -125,8 +138,9 @@ def run(coro_fn, accel=1, replay=True):
         bench = await Bench().open(accel)
         try:
             out = await coro_fn(bench)
-            if replay and bench.sessions and bench.central.connection is not None:
+            if replay and bench.sessions:
                 await bench.accelerate(1)
+                await bench.reconnect()
                 assert await bench.replay_all() > 0
             return out
         finally:
