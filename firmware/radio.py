@@ -308,9 +308,15 @@ class Radio:
         self._register()
         self._update_values(True)
         advertising = False
+        counted_ms = app.clock.now_ms()
         try:
             while True:
                 now = app.clock.now_ms()
+                if self._conn_slot:
+                    # Time with a programmer connected goes into the battery's charge budget
+                    # (the energy model's radio current); advertising is in its quiescent draw.
+                    app.sup.radio_on(now - counted_ms)
+                counted_ms = now
                 self._drain()
                 if self._connected_changed:
                     # A connection ends advertising; a disconnection frees the pump to start

@@ -242,6 +242,31 @@ def other_pairing_methods_dropped(rig):
     return bad
 
 
+def radio_time_in_the_charge_budget(rig):
+    # Ten minutes with a programmer connected cost the energy model's radio current on top of
+    # what ten minutes without one cost.
+    bad = []
+    bat = rig.vp.sup.battery
+
+    def used_over(ms):
+        bat.fold(rig.vp.sup.now_ms())
+        u0 = bat.used_nc
+        rig.run(ms)
+        bat.fold(rig.vp.sup.now_ms())
+        return bat.used_nc - u0
+
+    idle = used_over(600_000)
+    c, ok = _paired(rig)
+    if not ok:
+        return ["no bond"]
+    busy = used_over(600_000)
+    want = bat.energy.radio_ua * 600_000
+    extra = busy - idle
+    if not want * 9 // 10 <= extra <= want * 11 // 10:
+        bad.append("radio time cost %d nC, the model says %d" % (extra, want))
+    return bad
+
+
 def no_handler_errors(rig):
     bad = []
     if BT._state["irq_errors"]:
@@ -254,7 +279,7 @@ def no_handler_errors(rig):
 SCENARIOS = (pairing_window, just_works_gets_nothing, session_bolus_and_replay,
              long_writes_are_whole, link_lost_mid_programming, congestion_and_silence,
              status_indicated_on_change, irq_handler_allocates_nothing,
-             other_pairing_methods_dropped)  # fmt: skip
+             other_pairing_methods_dropped, radio_time_in_the_charge_budget)  # fmt: skip
 
 
 def run(scenario):

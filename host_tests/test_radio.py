@@ -16,6 +16,7 @@ REQS = {
     "status_indicated_on_change": ("SR-25",),
     "irq_handler_allocates_nothing": ("SR-33",),
     "other_pairing_methods_dropped": ("SR-48",),
+    "radio_time_in_the_charge_budget": ("SR-39",),
 }
 
 
