@@ -1,7 +1,7 @@
 # Under MicroPython: the pump's radio shell (firmware/radio.py) on the virtual pump over the fake
 # `bluetooth`, the scenarios of host_tests/test_radio.py, including the IRQ handler's events
 # under heap_lock.
-# req: SR-03, SR-25, SR-26, SR-27, SR-33, SR-47, SR-48, SR-49
+# req: SR-03, SR-25, SR-26, SR-27, SR-33, SR-39, SR-47, SR-48, SR-49
 
 import os
 
