@@ -71,8 +71,8 @@ class Rig:
         self.scen.run_to(self.vp.loop.now + ms)
 
     def write(self, ch, frame, ms=2_000):
-        """Write frame to control point ch and run the pump for ms; returns the service's
-        result code and the frames it sent meanwhile."""
+        """Write frame to control point ch and run the pump until the service has answered
+        (at most ms); returns the service's result code and the frames it sent meanwhile."""
         out = []
         start = len(self.sent)
 
@@ -80,7 +80,10 @@ class Rig:
             out.append(await self.svc.write(HANDLE, ch, frame))
 
         self.vp.loop.create_task(go(), "ble-write")
-        self.run(ms)
+        end = self.vp.loop.now + ms
+        self.scen.run_to(self.vp.loop.now)  # what is ready runs (a refusal answers at once)
+        while not out and self.vp.loop.now < end:
+            self.scen.run_to(min(end, self.vp.loop.now + 10))
         if not out:
             raise AssertionError("the service did not answer within %d ms" % ms)
         return out[0], self.sent[start:]

@@ -65,7 +65,7 @@ def fuzz(frames=FRAMES):
             for _ in range(PER_EXAMPLE):
                 kind, ch, frame, spent = LF.draw(data, c, checker.last())
                 try:
-                    res, _ = rig.write(ch, frame, ms=1)
+                    res, _ = rig.write(ch, frame, ms=5_000)
                 except Exception:  # noqa: BLE001 - counted: the metric must be 0
                     out["failures"] += 1
                     continue
