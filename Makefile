@@ -18,7 +18,7 @@ DEPLOY = $(VPY) tools/deploy.py $(if $(DRY_RUN),--dry-run)
 VPY := $(VENV)/bin/python
 # Written by tools/bootstrap.py only after a complete install; newer pins re-run it.
 STAMP := $(VENV)/.itb-installed
-LINT_DIRS := $(wildcard firmware host_tests tools boards)
+LINT_DIRS := $(wildcard firmware host_tests tools boards itbtools)
 # Anything that can change a test result; a trace older than these is re-run by `make trace`.
 TRACE_INPUTS := pyproject.toml $(shell find firmware boards host_tests tools -type f \
 	-name '*.py' 2>/dev/null)

@@ -358,6 +358,20 @@ def test_polling_the_status_does_not_write_the_flash_at_each_read():
     assert rig.vp.sup.counters["patient"] >= c.counter
 
 
+def test_refill_status_before_and_after_the_fill():
+    rig = Rig()
+    c = rig.login(K.CLINICIAN)
+    left = rig.vp.sup.reservoir.remaining_nl()
+    withdrawn = left - 1_500_000  # 1.5 mL less came out than the pump expected
+    assert rig.ask(c, SV.CH_COMMAND_CP, K.REFILL_BEGIN, struct.pack("<I", withdrawn)).ok
+    reply = rig.ask(c, SV.CH_STATUS_CP, K.GET_REFILL)
+    w, e, tol, d, fill, conc = struct.unpack("<IIIiIH", reply.data)
+    assert (w, e, d, fill, conc) == (withdrawn, left, -1_500_000, 0, 0) and 0 < tol < 1_500_000
+    assert rig.ask(c, SV.CH_COMMAND_CP, K.REFILL_FILL, struct.pack("<IH", S.FILL_NL, 1000)).ok
+    reply = rig.ask(c, SV.CH_STATUS_CP, K.GET_REFILL)
+    assert struct.unpack("<IIIiIH", reply.data)[4:] == (S.FILL_NL, 1000)
+
+
 def test_an_aborted_or_failed_link_mid_records_sends_no_response():
     rig = Rig()
     c = rig.login()

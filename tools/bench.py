@@ -20,7 +20,7 @@ from pump import engine as E  # noqa: E402
 from pump import limits as L  # noqa: E402
 from pump import rx as RX  # noqa: E402
 from pump.limiter import Limiter  # noqa: E402
-from tools import bench_battery, bench_link, bench_sim, bench_storage, mpy  # noqa: E402
+from tools import bench_battery, bench_link, bench_rig, bench_sim, bench_storage, mpy  # noqa: E402
 
 OUT = ROOT / "build" / "bench.json"
 HORIZON_DAYS = 180
@@ -120,6 +120,8 @@ def main(argv=None):
     metrics.update(bench_storage.metrics())
     print("the virtual pump under MicroPython: speed, heap, compiled size ...")
     metrics.update(bench_sim.metrics())
+    print("pumpbench sim: the gravimetric method on the virtual rig at 10 uL/h ...")
+    metrics.update(bench_rig.metrics())
     print("the radio protocol: %d fuzzed frames at a pump in session ..." % bench_link.FRAMES)
     metrics.update(bench_link.metrics())
     OUT.parent.mkdir(exist_ok=True)

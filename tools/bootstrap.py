@@ -129,6 +129,18 @@ def install_requirements(venv, requirements):
         )
 
 
+def install_host_tools(venv):
+    # The project itself, editable and without dependencies (they are the pins above): this
+    # is what puts the `pumpctl` and `pumpbench` commands into the venv.
+    print("Installing the host tools (pumpctl, pumpbench) from this checkout")
+    result = subprocess.run(
+        [str(venv_python(venv)), "-m", "pip", "install", "--disable-pip-version-check",
+         "--quiet", "--no-deps", "-e", str(ROOT)]
+    )  # fmt: skip
+    if result.returncode != 0:
+        raise BootstrapError("pip could not install the host tools; see pip's message above.")
+
+
 def install_stubs(venv, stubs):
     # Each chip's stub set is the same top-level modules (machine, esp32, time...), so each gets a
     # directory of its own; tools/typecheck.py points mypy at it. Rebuilt whole, so a changed pin
@@ -160,6 +172,7 @@ def main(argv=None):
         stubs = stub_requirements()
         ensure_venv(venv)
         install_requirements(venv, requirements)
+        install_host_tools(venv)
         install_stubs(venv, stubs)
     except BootstrapError as exc:
         print(f"error: {exc}", file=sys.stderr)

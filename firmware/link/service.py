@@ -497,8 +497,10 @@ class Service:
         st = self.app.sup.refill_status()
         if st is None:
             return b""
-        withdrawn, expected, tol, disc, fill, conc = st
-        return struct.pack("<IIIiIH", withdrawn, expected, tol, disc, fill or 0, conc or 0)
+        withdrawn, expected, tol, _out_of_tolerance, fill, conc = st
+        # Before the fill is entered the pump holds -1 for it: sent as 0 (no fill yet).
+        return struct.pack("<IIIiIH", withdrawn, expected, tol, withdrawn - expected,
+                           fill if fill > 0 else 0, conc if fill > 0 else 0)  # fmt: skip
 
     def _count(self, first, last):
         return self.app.history_count(first, last)

@@ -1,0 +1,613 @@
+# The laboratory balance of the bench rig: Mettler-Toledo MT-SICS (levels 0/1) over a serial port,
+# a line parser that never raises, a CSV log that loses nothing written, and a simulated balance.
+"""MT-SICS in brief (what this module relies on; check your balance's reference manual):
+
+* commands end in CR LF: `SI` (send the weight now, stable or not), `S` (send the next stable
+  weight), `SIR` (send the weight now and repeatedly, until `@`), `@` (cancel and reset,
+  answered with `I4 A "<serial number>"`);
+* weight responses are `S S <value> <unit>` (stable) or `S D <value> <unit>` (dynamic, only
+  from SI and SIR), the value right-aligned in a 10-character field: `S S      12.34567 g`;
+* `S I` (command understood but not executable now), `S +` (overload), `S -` (underload);
+  `ES` (syntax error), `ET` (transmission error), `EL` (logical error).
+
+The parser turns received bytes into events, in order: Reading(t, grams, stable) or
+Problem(t, kind, detail). Bad input is a Problem, never an exception: garbage, truncated
+lines (a cable pulled mid-line), overload, underload, command errors, other units, readings
+whose time is not after the previous one, and silence longer than a limit.
+"""
+
+import csv
+import io
+import os
+import random
+import re
+from decimal import Decimal, InvalidOperation
+
+# ---- events ----
+
+GARBAGE = "garbage"
+TRUNCATED = "truncated"
+OVERLOAD = "overload"
+UNDERLOAD = "underload"
+NOT_EXECUTABLE = "not_executable"
+COMMAND_ERROR = "command_error"
+UNIT = "unit"
+OUT_OF_ORDER = "out_of_order"
+SILENCE = "silence"
+DISCONNECTED = "disconnected"
+
+_SENTENCES = {
+    GARBAGE: "the balance sent a line that is not an MT-SICS response",
+    TRUNCATED: "the balance's line was cut off before its end",
+    OVERLOAD: "the balance reports an overload (the load is above its capacity)",
+    UNDERLOAD: "the balance reports an underload (the pan is off or the tare is wrong)",
+    NOT_EXECUTABLE: "the balance could not execute the command (busy, or no stable weight)",
+    COMMAND_ERROR: "the balance rejected the command",
+    UNIT: "the balance reports in a unit other than grams",
+    OUT_OF_ORDER: "a reading arrived with a time not after the previous one and was dropped",
+    SILENCE: "the balance stopped answering",
+    DISCONNECTED: "the balance's serial port closed",
+}
+
+
+class Reading:
+    __slots__ = ("t", "grams", "stable")
+    kind = "reading"
+
+    def __init__(self, t, grams, stable):
+        self.t = t  # s, the host's clock when the line completed
+        self.grams = grams  # Decimal, exactly as the balance wrote it
+        self.stable = stable
+
+    def __repr__(self):
+        return "Reading(%r, %s g, %s)" % (self.t, self.grams, "S" if self.stable else "D")
+
+    def __eq__(self, other):
+        return (isinstance(other, Reading) and (self.t, self.grams, self.stable)
+                == (other.t, other.grams, other.stable))  # fmt: skip
+
+
+class Problem:
+    __slots__ = ("t", "kind", "detail")
+
+    def __init__(self, t, kind, detail=""):
+        self.t = t
+        self.kind = kind
+        self.detail = detail
+
+    def sentence(self):
+        """One sentence for a user."""
+        s = _SENTENCES.get(self.kind, self.kind)
+        if self.detail:
+            s += " (%s)" % self.detail
+        return s[0].upper() + s[1:] + "."
+
+    def __repr__(self):
+        return "Problem(%r, %s, %r)" % (self.t, self.kind, self.detail)
+
+
+# ---- one line ----
+
+_NUMBER = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)$")
+_TO_GRAMS = {"g": Decimal(1), "mg": Decimal("0.001"), "kg": Decimal(1000)}
+_INFO = re.compile(r"^(I\d+|@|Z|ZI|T|TI|TA|TAC)$")
+_ERRORS = {"ES": "syntax error", "ET": "transmission error", "EL": "logical error"}
+
+
+def parse_line(text):
+    """One line without its terminator -> ("weight", grams, stable), ("problem", kind, detail),
+    ("info", text) for other responses, or None for an empty line."""
+    tok = text.split()
+    if not tok:
+        return None
+    head = tok[0]
+    if head == "S" and len(tok) == 2:
+        k = {"+": OVERLOAD, "-": UNDERLOAD, "I": NOT_EXECUTABLE}.get(tok[1])
+        if k:
+            return ("problem", k, "")
+    if head == "S" and len(tok) == 4 and tok[1] in ("S", "D") and _NUMBER.match(tok[2]):
+        unit = _TO_GRAMS.get(tok[3])
+        if unit is None:
+            return ("problem", UNIT, tok[3][:16])
+        try:
+            grams = Decimal(tok[2]) * unit
+        except InvalidOperation:  # pragma: no cover - the pattern admits only numbers
+            return ("problem", GARBAGE, _show(text))
+        return ("weight", grams, tok[1] == "S")
+    if head in _ERRORS and len(tok) == 1:
+        return ("problem", COMMAND_ERROR, _ERRORS[head])
+    if _INFO.match(head):
+        return ("info", text.strip())
+    return ("problem", GARBAGE, _show(text))
+
+
+def _show(text, limit=40):
+    # ascii(): what the balance sent, printable and plain ASCII for the log and the console.
+    text = text.strip()
+    return ascii(text if len(text) <= limit else text[:limit] + "...")
+
+
+class Parser:
+    """Bytes (or text) from the balance, in any chunks, in order -> events.
+
+    feed(t, data): data received at host time t (s); complete lines are parsed with time t.
+    tick(t): call regularly; reports SILENCE once after silence_s without a complete line.
+    close(t): the port is gone; a partial line left over is TRUNCATED."""
+
+    def __init__(self, silence_s=10.0, max_line=160):
+        self.silence_s = silence_s
+        self.max_line = max_line
+        self._buf = bytearray()
+        self._last_t = None  # time of the last reading kept
+        self._heard = None  # time of the last complete line
+        self._silent = False
+        self.readings = 0
+        self.problems = 0
+        self.merged = 0  # readings dropped for sharing their time with another
+        self._kept = None  # (event list, index) of the last reading given out
+
+    def feed(self, t, data):
+        if isinstance(data, str):
+            data = data.encode("utf-8", "replace")
+        out = []
+        if self._heard is None:
+            self._heard = t
+        for b in data:
+            if b == 0x0A:  # LF ends a line; CR before it is dropped
+                line = bytes(self._buf).rstrip(b"\r")
+                self._buf.clear()
+                self._line(t, line, out)
+            else:
+                self._buf.append(b)
+                if len(self._buf) > self.max_line:
+                    out.append(self._problem(t, GARBAGE, "a line of more than %d bytes"
+                                             % self.max_line))  # fmt: skip
+                    self._buf.clear()
+                    self._heard = t
+        return out
+
+    def _line(self, t, raw, out):
+        self._heard = t
+        self._silent = False
+        try:
+            text = raw.decode("ascii")
+        except UnicodeDecodeError:
+            out.append(self._problem(t, GARBAGE, _show(raw.decode("ascii", "replace"))))
+            return
+        parsed = parse_line(text)
+        if parsed is None or parsed[0] == "info":
+            return
+        if parsed[0] == "problem":
+            out.append(self._problem(t, parsed[1], parsed[2]))
+            return
+        if self._last_t is not None and t <= self._last_t:
+            if t == self._last_t:
+                # Lines that completed in one read (continuous output) share its time; one
+                # reading per time is kept, so that times stay strictly increasing: the newest,
+                # the nearest to that time, when they came together.
+                self.merged += 1
+                if self._kept is not None and self._kept[0] is out:
+                    out[self._kept[1]] = Reading(t, parsed[1], parsed[2])
+                return
+            out.append(self._problem(t, OUT_OF_ORDER, "%s s after %s s" % (t, self._last_t)))
+            return
+        self._last_t = t
+        self.readings += 1
+        self._kept = (out, len(out))
+        out.append(Reading(t, parsed[1], parsed[2]))
+
+    def _problem(self, t, kind, detail):
+        self.problems += 1
+        return Problem(t, kind, detail)
+
+    def tick(self, t):
+        if self._heard is None:
+            self._heard = t
+        if not self._silent and t - self._heard > self.silence_s:
+            self._silent = True
+            return [self._problem(t, SILENCE, "nothing for %g s" % (t - self._heard))]
+        return []
+
+    @property
+    def silent(self):
+        return self._silent
+
+    def close(self, t):
+        out = []
+        if self._buf:
+            out.append(self._problem(t, TRUNCATED, _show(bytes(self._buf).decode("ascii",
+                                                                               "replace"))))
+            self._buf.clear()
+        return out
+
+
+# ---- the balance on a port ----
+
+
+class BalanceError(Exception):
+    """The balance's port cannot be used (one sentence in str())."""
+
+
+class Balance:
+    """An MT-SICS balance on a pyserial-like port: write(bytes), read(n) (returns b"" when its
+    timeout passes), in_waiting. clock() is the host's time in s (monotonic)."""
+
+    def __init__(self, port, clock, parser=None):
+        self.port = port
+        self.clock = clock
+        self.parser = Parser() if parser is None else parser
+        self.closed = False
+
+    @classmethod
+    def open(cls, device, clock, baud=9600, silence_s=10.0, read_timeout_s=0.2):
+        """Open a serial device with pyserial (8 data bits, no parity, 1 stop bit: the MT-SICS
+        default; set the balance to match)."""
+        try:
+            import serial
+        except ImportError:  # pragma: no cover - pinned in pyproject.toml
+            raise BalanceError("pyserial is not installed; run make venv") from None
+        try:
+            port = serial.Serial(device, baudrate=baud, timeout=read_timeout_s)
+        except (OSError, ValueError, serial.SerialException) as e:
+            raise BalanceError("Cannot open the balance's serial port %s (%s)."
+                               % (device, _first_line(e))) from None  # fmt: skip
+        return cls(port, clock, Parser(silence_s))
+
+    def send(self, command):
+        try:
+            self.port.write(command.encode("ascii") + b"\r\n")
+        except Exception as e:  # noqa: BLE001 - any port failure is the same fact for the user
+            return self._lost(e)
+        return []
+
+    def _lost(self, e):
+        self.closed = True
+        t = self.clock()
+        return self.parser.close(t) + [Problem(t, DISCONNECTED, _first_line(e))]
+
+    def receive(self, timeout_s):
+        """Read until at least one complete line arrived or timeout_s passed; events."""
+        out = []
+        t_prev = None
+        end = self.clock() + timeout_s
+        while not self.closed:
+            try:
+                n = getattr(self.port, "in_waiting", 0) or 1
+                data = self.port.read(n)
+            except Exception as e:  # noqa: BLE001
+                out += self._lost(e)
+                break
+            t = self.clock()
+            if data:
+                got = self.parser.feed(t, data)
+                out += got
+                if got or data.endswith(b"\n"):
+                    break
+            elif t == t_prev:
+                break  # a port that does not block (the simulated one): nothing more now
+            if t >= end:
+                break
+            t_prev = t
+        if not self.closed:
+            out += self.parser.tick(self.clock())
+        return out
+
+    def immediate(self, timeout_s=2.0):
+        """SI: the weight now, stable or not."""
+        return self.send("SI") + self.receive(timeout_s)
+
+    def stable(self, timeout_s=10.0):
+        """S: the next stable weight."""
+        return self.send("S") + self.receive(timeout_s)
+
+    def start_continuous(self):
+        """SIR: the balance sends weights on its own from now on."""
+        return self.send("SIR")
+
+    def stop(self):
+        """@: cancels SIR (and resets the balance's interface, not its zero)."""
+        out = self.send("@")
+        if not self.closed:
+            out += self.receive(0.5)
+        return out
+
+    def close(self):
+        out = []
+        if not self.closed:
+            out = self.parser.close(self.clock())
+        self.closed = True
+        try:
+            self.port.close()
+        except Exception:  # noqa: BLE001 - closing a dead port must not fail the run
+            pass
+        return out
+
+
+def _first_line(e):
+    s = str(e).strip().splitlines()
+    return s[0] if s else type(e).__name__
+
+
+# ---- the CSV log ----
+
+HEADER = ("t_s", "mass_g", "stable")
+
+
+class CsvLog:
+    """The balance log: `# key: value` lines, the header, then one row per reading; problems go
+    in as `# problem` comment lines where they happened. Every line is flushed (and, with sync,
+    written to disk) as it is written, so a crash or a pulled plug loses nothing logged."""
+
+    def __init__(self, path, meta=None, sync=True):
+        self.path = path
+        self.sync = sync
+        self.rows = 0
+        self._f = open(path, "w", encoding="utf-8", errors="replace", newline="")
+        for k, v in (meta or {}).items():
+            self._write("# %s: %s\n" % (k, v))
+        self._write(",".join(HEADER) + "\n")
+
+    def _write(self, line):
+        self._f.write(line)
+        self._f.flush()
+        if self.sync:
+            os.fsync(self._f.fileno())
+
+    def reading(self, r, t0=0):
+        self._write("%s,%s,%d\n" % (_t(r.t - t0), r.grams, 1 if r.stable else 0))
+        self.rows += 1
+
+    def problem(self, p, t0=0):
+        self._write("# problem %s %s %s\n" % (_t(p.t - t0), p.kind,
+                                              p.detail.replace("\n", " ")))  # fmt: skip
+
+    def note(self, text):
+        self._write("# note %s\n" % text.replace("\n", " "))
+
+    def close(self):
+        if not self._f.closed:
+            self._f.close()
+
+
+def _t(t):
+    if isinstance(t, int):
+        return str(t)
+    if isinstance(t, Decimal):
+        return str(t)
+    return "%.3f" % t
+
+
+class LogData:
+    """A balance log read back: (t, grams) readings kept, metadata, and what was wrong."""
+
+    def __init__(self):
+        self.samples = []  # (t_s Decimal, grams Decimal)
+        self.stable = []
+        self.meta = {}
+        self.problems = []  # (line number, sentence) of rows that were dropped
+        self.logged_problems = []  # the `# problem` lines the logger wrote
+        self.lines = 0
+
+
+_T_NAMES = ("t_s", "time_s", "t", "time")
+_M_NAMES = ("mass_g", "weight_g", "mass", "weight", "w_g")
+
+
+def read_log(path):
+    """Read a balance log (this module's CsvLog or any CSV with a time column in s and a mass
+    column in g). Raises BalanceError with one sentence if the file cannot be used at all;
+    rows that cannot be used are dropped and described in .problems."""
+    try:
+        with open(path, "rb") as f:
+            raw = f.read()
+    except FileNotFoundError:
+        raise BalanceError("The log %s does not exist." % path) from None
+    except IsADirectoryError:
+        raise BalanceError("The log %s is a folder, not a file." % path) from None
+    except OSError as e:
+        raise BalanceError("Cannot read the log %s (%s)." % (path, _first_line(e))) from None
+    text = raw.decode("utf-8", "replace")
+    ends_cleanly = text.endswith("\n")
+    lines = text.splitlines()
+    data = LogData()
+    data.lines = len(lines)
+    col_t = col_m = col_s = None
+    last_t = None
+    for no, line in enumerate(lines, 1):
+        s = line.strip()
+        if not s:
+            continue
+        if s.startswith("#"):
+            body = s[1:].strip()
+            if body.startswith("problem "):
+                data.logged_problems.append(body[len("problem "):])
+            elif ":" in body and col_t is None:
+                k, _, v = body.partition(":")
+                data.meta[k.strip()] = v.strip()
+            continue
+        fields = next(csv.reader(io.StringIO(s)))
+        fields = [x.strip() for x in fields]
+        if col_t is None:
+            low = [x.lower() for x in fields]
+            col_t = next((low.index(n) for n in _T_NAMES if n in low), None)
+            col_m = next((low.index(n) for n in _M_NAMES if n in low), None)
+            col_s = low.index("stable") if "stable" in low else None
+            if col_t is None or col_m is None:
+                raise BalanceError("The log %s has no header naming a time column (t_s) and a "
+                                   "mass column (mass_g) on its first data line." % path)
+            continue
+        if no == len(lines) and not ends_cleanly:
+            # A log line always ends with its newline: this one was cut off while written, and
+            # its last number may be short of digits.
+            data.problems.append((no, "the last line is incomplete (the log was cut off while "
+                                  "it was written)"))  # fmt: skip
+            continue
+        need = max(col_t, col_m) + 1
+        try:
+            if len(fields) < need:
+                raise InvalidOperation
+            t = Decimal(fields[col_t])
+            m = Decimal(fields[col_m])
+            if not (t.is_finite() and m.is_finite()):
+                raise InvalidOperation
+        except InvalidOperation:
+            data.problems.append((no, "line %d is not a time and a mass: %s" % (no, _show(s))))
+            continue
+        if last_t is not None and t <= last_t:
+            data.problems.append((no, "line %d has time %s s, not after %s s; dropped"
+                                  % (no, t, last_t)))  # fmt: skip
+            continue
+        last_t = t
+        data.samples.append((t, m))
+        data.stable.append(None if col_s is None or col_s >= len(fields)
+                           else fields[col_s] == "1")  # fmt: skip
+    if col_t is None:
+        raise BalanceError("The log %s holds no data (no header line)." % path)
+    return data
+
+
+# ---- the simulated balance ----
+
+
+class SimBalance:
+    """A simulated MT-SICS balance behind the pyserial-like port interface Balance uses.
+
+    mass_g(t_s) is the true load (g, a Decimal or Fraction or float) at the clock's time
+    clock() (s). The balance adds evaporation (mg/h, a loss growing from t = 0), Gaussian noise
+    (sigma in g), rounds to its resolution (g), and answers SI, S, SIR and @. Faults for tests:
+    garbage (probability that an answer is replaced by noise bytes), dropout (probability that
+    a command goes unanswered), dead_after_s (the balance stops answering from then on)."""
+
+    def __init__(self, mass_g, clock, resolution_g="0.00001", noise_g="0", evaporation_mg_h="0",
+                 capacity_g="220", seed=1, garbage=0.0, dropout=0.0, dead_after_s=None,
+                 settle_s=1, continuous_period_s=1):  # fmt: skip
+        self.mass_g = mass_g
+        self.clock = clock
+        self.res = Decimal(str(resolution_g))
+        self.noise = float(noise_g)
+        self.evap_g_per_s = Decimal(str(evaporation_mg_h)) / 1000 / 3600
+        self.capacity = Decimal(str(capacity_g))
+        self.rng = random.Random(seed)
+        self.garbage = garbage
+        self.dropout = dropout
+        self.dead_after_s = dead_after_s
+        self.settle_s = settle_s
+        self.period_s = continuous_period_s
+        self._out = bytearray()
+        self._inbuf = bytearray()
+        self._continuous = False
+        self._next_auto = None
+        self.commands = []
+        self.is_open = True
+        self._last = None
+
+    # -- the balance --
+
+    def true_display(self, t):
+        """The reading the balance would show at t, before noise and rounding."""
+        return _dec(self.mass_g(t)) - self.evap_g_per_s * _dec(t)
+
+    def value(self, t):
+        m = self.true_display(t)
+        if self.noise:
+            m += Decimal(repr(self.rng.gauss(0.0, self.noise)))
+        return ((m / self.res).to_integral_value() * self.res).quantize(self.res)
+
+    def line(self, t):
+        """The SI response at time t."""
+        v = self.value(t)
+        if v > self.capacity:
+            return "S +"
+        if v < -self.capacity / 10:
+            return "S -"
+        # Dynamic while the load moves faster than two digits per settling time (judged from
+        # the last look: the load is never asked about the past).
+        now = self.true_display(t)
+        flag = "S"
+        if self._last is not None and t > self._last[0]:
+            slope = abs(now - self._last[1]) / _dec(t - self._last[0])
+            if slope * Decimal(str(self.settle_s)) > 2 * self.res:
+                flag = "D"
+        self._last = (t, now)
+        return "S %s %10s g" % (flag, v)
+
+    def _dead(self, t):
+        return self.dead_after_s is not None and t >= self.dead_after_s
+
+    def _answer(self, text):
+        if self.garbage and self.rng.random() < self.garbage:
+            n = self.rng.randint(1, 24)
+            junk = bytes(self.rng.randint(0x20, 0xFF) for _ in range(n))
+            self._out += junk.replace(b"\n", b"?") + b"\r\n"
+            return
+        self._out += text.encode("ascii") + b"\r\n"
+
+    def _command(self, cmd):
+        t = self.clock()
+        self.commands.append((t, cmd))
+        if self._dead(t) or (self.dropout and self.rng.random() < self.dropout):
+            return
+        if cmd == "SI":
+            self._answer(self.line(t))
+        elif cmd == "S":
+            ln = self.line(t)
+            self._answer(ln.replace("S D", "S S", 1))
+        elif cmd == "SIR":
+            self._continuous = True
+            self._next_auto = t
+        elif cmd == "@":
+            self._continuous = False
+            self._answer('I4 A "SIM0001"')
+        else:
+            self._answer("ES")
+
+    def _auto(self):
+        # Continuous output: the line of the latest period due (the simulation has no real time
+        # in which earlier lines would have been read as they came).
+        if not self._continuous or self._next_auto > self.clock():
+            return
+        t = self.clock()
+        if not self._dead(t):
+            self._answer(self.line(t))
+        while self._next_auto <= t:
+            self._next_auto += self.period_s
+
+    # -- the port --
+
+    def write(self, data):
+        if not self.is_open:
+            raise OSError("the port is closed")
+        self._inbuf += data
+        while b"\n" in self._inbuf:
+            i = self._inbuf.index(b"\n")
+            cmd = bytes(self._inbuf[:i]).strip().decode("ascii", "replace")
+            del self._inbuf[: i + 1]
+            self._command(cmd)
+        return len(data)
+
+    @property
+    def in_waiting(self):
+        self._auto()
+        return len(self._out)
+
+    def read(self, n=1):
+        if not self.is_open:
+            raise OSError("the port is closed")
+        self._auto()
+        data = bytes(self._out[:n])
+        del self._out[:n]
+        return data
+
+    def close(self):
+        self.is_open = False
+
+
+def _dec(x):
+    """A Decimal of an int, Decimal, Fraction or float (a Fraction to 28 significant digits)."""
+    if isinstance(x, Decimal):
+        return x
+    if isinstance(x, int):
+        return Decimal(x)
+    if isinstance(x, float):
+        return Decimal(repr(x))
+    return Decimal(x.numerator) / Decimal(x.denominator)
