@@ -348,3 +348,77 @@ def test_logs_that_cannot_be_used_say_why(tmp_path, content, words):
     with pytest.raises(B.BalanceError) as e:
         B.read_log(path)
     assert words in str(e.value) and str(e.value).endswith(".")
+
+
+def test_bad_log_lines_are_dropped_never_raised(tmp_path):
+    # A field over the csv module's limit (131072 characters) raises csv.Error in the reader;
+    # numbers with exponents or too many digits would cost the exact analysis dearly; a time
+    # more than 7 days after the previous one is a corrupted time, not a pause.
+    path = tmp_path / "bad.csv"
+    lines = ["t_s,mass_g", "0,10.0", "30," + "1" * 200_000, "60,1e3", "9e2,10.2", "90,nan",
+             "120,inf", "150," + "1" * 40, "180,10.3", "%d,10.4" % (180 + 7 * 86400 + 1),
+             "210,10.5", "a\0b,1"]  # fmt: skip
+    path.write_text("\n".join(lines) + "\n")
+    data = B.read_log(path)
+    assert data.samples == [(D(0), D("10.0")), (D(180), D("10.3")), (D(210), D("10.5"))]
+    whys = [w for _n, w in data.problems]
+    assert whys[0].startswith("line 3 cannot be read as CSV (field larger than field limit")
+    assert [w.split(" is not")[0] for w in whys[1:6]] == ["line %d" % n for n in (4, 5, 6, 7, 8)]
+    assert whys[6] == "line 10 has time %d s, more than 7 days after 180 s; dropped" % (
+        180 + 7 * 86400 + 1)
+    assert len(whys) == 8 and all(len(w) < 200 for w in whys)
+
+
+class LatePort:
+    """A balance whose first SI answer comes 5 s late (after the reader gave up on it); later
+    answers come 0.1 s after their command. Each read lets 0.05 s pass."""
+
+    def __init__(self, clock):
+        self.clock = clock
+        self.queue = []  # (time available, bytes)
+        self.sent = 0
+
+    def write(self, data):
+        self.sent += 1
+        delay = 5 if self.sent == 1 else Fraction(1, 10)
+        self.queue.append((self.clock.t + delay, b"S S      %d.000000 g\r\n" % self.sent))
+        return len(data)
+
+    def _ready(self):
+        return b"".join(b for t, b in self.queue if t <= self.clock.t)
+
+    @property
+    def in_waiting(self):
+        return len(self._ready())
+
+    def read(self, n=1):
+        self.clock.t += Fraction(1, 20)
+        data = self._ready()[:n]
+        left = n = len(data)
+        while left and self.queue:
+            t, b = self.queue[0]
+            if len(b) <= left:
+                self.queue.pop(0)
+                left -= len(b)
+            else:
+                self.queue[0] = (t, b[left:])
+                left = 0
+        return data
+
+    def close(self):
+        pass
+
+
+def test_a_late_answer_is_flushed_and_cannot_shift_later_readings():
+    clock = Clock()
+    port = LatePort(clock)
+    bal = B.Balance(port, clock, B.Parser(silence_s=60))
+    first = bal.immediate(timeout_s=2)
+    assert [e for e in first if isinstance(e, B.Reading)] == []
+    got = []
+    for t in (30, 60, 90):
+        clock.t = Fraction(t)
+        got += [e.grams for e in bal.immediate(timeout_s=2) if isinstance(e, B.Reading)]
+    # Without the flush the late answer to SI 1 would be read as SI 2's, and so on: 1, 2, 3.
+    assert got == [D(2), D(3), D(4)]
+    assert bal.flushed == len(b"S S      1.000000 g\r\n")

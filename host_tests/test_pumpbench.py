@@ -104,6 +104,13 @@ def test_trumpet_of_a_pulsed_log_sits_in_the_band(tmp_path, capsys):
         ("t_s,mass_g\n0,1.0\n", ["--rate-ul-h", "abc"], 2, "is not a number"),
         ("t_s,mass_g\n0,1.0\n", ["--rate-ul-h", "-3"], 2, "must be above zero"),
         ("t_s,mass_g\n0,1.0\n", ["--windows", "2,x"], 2, "is not a number"),
+        ("t_s,mass_g\n0,1.0\n", ["--windows", "2,-1"], 2, "must be above zero"),
+        ("t_s,mass_g\n0,1.0\n", ["--analysis-start-min", "-5"], 2, "must not be negative"),
+        ("t_s,mass_g\n0,1.0\n", ["--analysis-end-min", "-5"], 2, "must be above zero"),
+        ("t_s,mass_g\n0,1.0\n", ["--analysis-start-min", "30", "--analysis-end-min", "20"], 2,
+         "must be after the analysis start"),
+        ("t_s,mass_g\n0,1.0\n600000,1.1\n", ["--interval-s", "0.001"], 1,
+         "more than the 10000000 this analysis takes on"),
         ("t_s,mass_g\n0,1.0\n", ["--bogus"], 2, "no such option"),
     ],
 )
@@ -144,6 +151,22 @@ def test_a_truncated_log_warns_and_analyses_the_rest(tmp_path, capsys):
     rc, _out, err = cli(capsys, "trumpet", log, "--rate-ul-h", "1000", "--no-plots")
     assert rc == 0
     assert "warning: The last line is incomplete" in err and "Traceback" not in err
+
+
+def test_bad_log_lines_never_crash_or_hang_the_trumpet(tmp_path, capsys):
+    log = tmp_path / "mixed.csv"
+    write_log(log, 1000, 0, 120)
+    lines = log.read_text().splitlines(keepends=True)
+    i = next(n for n, ln in enumerate(lines) if ln.startswith("120,")) + 1
+    bad = ["150.000," + "9" * 200_000 + "\n", "150.000,1e999999999\n", "9e99,10.1\n",
+           "99999999999999999999,10.1\n", "150.000,inf\n"]  # fmt: skip
+    log.write_text("".join(lines[:i] + bad + lines[i:]))
+    rc, _out, err = cli(capsys, "trumpet", log, "--rate-ul-h", "1000", "--no-plots")
+    assert rc == 0, err
+    assert "cannot be read as CSV" in err and "more than 7 days after" in err
+    assert "Traceback" not in err and len(err.splitlines()) == 5
+    rep = json.loads((tmp_path / "mixed_report" / "report.json").read_text())
+    assert len(rep["dropped_rows"]) == 5 and rep["trumpet"]["grid_missing"] == 0
 
 
 # ---- the virtual pump ----
@@ -222,6 +245,21 @@ def test_run_dry_run_prints_the_plan_and_touches_nothing(capsys, tmp_path):
     assert not list(tmp_path.iterdir())
     rc, out, _err = cli(capsys, "run", "--dry-run", "--boluses", "25", "--bolus-ul", "20")
     assert rc == 0 and "25 clinician boluses of 20 uL" in out and "clinician_bolus" in out
+
+
+@pytest.mark.parametrize("dry", [["--dry-run"], ["--board", "/dev/null", "--balance", "/dev/x"]])
+@pytest.mark.parametrize(
+    ("args", "words"),
+    [
+        (["--windows", "2,zwei"], "each of --windows 'zwei' is not a number"),
+        (["--analysis-start-min", "-1"], "--analysis-start-min must not be negative"),
+        (["--analysis-end-min", "0"], "--analysis-end-min must be above zero"),
+    ],
+)
+def test_run_checks_the_analysis_options_before_the_test(capsys, tmp_path, dry, args, words):
+    rc, out, err = cli(capsys, "run", *dry, "--rate-ul-h", "10", "--out", tmp_path, *args)
+    assert rc == 2 and words in one_sentence(err).lower()
+    assert out == "" and not list(tmp_path.iterdir())
 
 
 @pytest.mark.parametrize(
@@ -405,6 +443,40 @@ def test_a_bolus_series_stops_when_the_balance_overloads():
     pairs, _set, why = PB.bolus_series(bal, rig, open("/dev/null", "w"), clock, clock.sleep, 25,
                                        "20", 60, 60)  # fmt: skip
     assert len(pairs) == 0 and "overload" in why
+
+
+class TickClock(Clock):
+    def __call__(self):
+        self.t += Fraction(1, 1000)
+        return self.t
+
+
+class RefusingRig(BolusRig):
+    """The pump refuses the third bolus (the firmware's reason, as the snippet returns it)."""
+
+    def bolus(self, volume_ul, duration_s):
+        if len(self.calls) == 2:
+            raise PB.BenchError("The pump refused the bolus (bolus: daily limit reached)")
+        return super().bolus(volume_ul, duration_s)
+
+
+def test_a_refusal_mid_series_still_reports_the_boluses_done(tmp_path, capsys, monkeypatch):
+    clock = TickClock()  # run_boluses sleeps for real; the balance's clock ticks per look
+    rig = RefusingRig(Fraction(998, 1000))
+    bal = B.Balance(B.SimBalance(lambda t: rig.mass, clock, resolution_g="0.000001"), clock)
+    monkeypatch.setattr(PB, "_open_balance", lambda port, baud, silence_s: bal)
+    monkeypatch.setattr(PB, "ReplBoard", lambda port: rig)
+    rc, out, err = cli(capsys, "run", "--board", "b", "--balance", "x", "--boluses", "5",
+                       "--bolus-ul", "20", "--bolus-s", "0", "--settle-s", "0", "--out",
+                       tmp_path)  # fmt: skip
+    assert rc == 1
+    assert one_sentence(err) == ("pumpbench: The bolus series stopped after 2 of 5 boluses: the "
+                                 "pump refused the bolus (bolus: daily limit reached).")
+    assert "2 boluses of 20 uL: mean error 3" in out
+    rep = json.loads((tmp_path / "report.json").read_text())
+    assert rep["bolus"]["boluses"] == 2 and "daily limit" in rep["stopped"]
+    assert (tmp_path / "boluses.csv").read_text().count("\n") == 4  # 2 header lines, 2 rows
+    assert bal.closed
 
 
 def test_continuous_output_is_read_as_it_comes(tmp_path):

@@ -1,23 +1,28 @@
 # pumpctl (the clinician programmer) end to end: a virtual pump in another process
 # (tools/sim_radio.py) served over Bumble's TCP transport, pumpctl driving it as a user would.
 
+import asyncio
 import csv
 import json
 import os
 import re
+import signal
 import socket
 import stat
 import struct
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
+import click
 import pytest
 from bleak.exc import BleakGATTProtocolError
 from click.testing import CliRunner
 
 from itbtools import gatt_bleak as GB
+from itbtools import gatt_bumble as GBU
 from itbtools import pumpctl as CTL
 from itbtools import pumpdata as D
 from itbtools.gatt import LinkError
@@ -94,7 +99,8 @@ def fresh_pump(tmp_path):
 
 def ok(result):
     assert result.exit_code == 0, (result.exit_code, result.stdout, result.stderr)
-    assert result.stderr == "" or "Traceback" not in result.stderr
+    # result.output has stdout and stderr: a traceback printed by a thread shows up here.
+    assert "Traceback" not in result.output, result.output
     return result.stdout
 
 
@@ -362,6 +368,141 @@ def test_no_pump_listening(pump):
     line = failed(pump.ctl("status", address=spec), CTL.EXIT_LINK)
     assert line == ("pumpctl: No virtual pump is listening at %s: start one with "
                     "`make sim-radio`." % spec)  # fmt: skip
+
+
+# Values the protocol's fields cannot hold are the user's mistake, said in one sentence before
+# anything is sent (not "pumpctl failed unexpectedly", exit 5).
+@pytest.mark.parametrize("args, words", [
+    (("bolus", "--dose-ug", "20", "--minutes", str(2**32 // 60 + 1)),
+     "The bolus duration is too long: at most 71582788 min."),
+    (("bolus", "--dose-ug", "5000000", "--minutes", "30"),
+     "The bolus dose is too large: at most 4294967.295 µg."),
+    (("history", "--from", "-1"), "--from must be a sequence number from 1 to 4294967295."),
+    (("history", "--from", str(2**32)), "--from must be a sequence number from 1 to"),
+    (("refill", "--withdrawn-ml", "5000", "--fill-ml", "20"),
+     "The withdrawn volume is too large: at most 4294.967 mL."),
+    (("refill", "--withdrawn-ml", "10", "--fill-ml", "4294.967296"),
+     "The fill volume is too large: at most 4294.967 mL."),
+    (("refill", "--withdrawn-ml", "10", "--fill-ml", "20", "--strength", "70000"),
+     "The strength must be one of"),
+    (("--timeout", "-1", "status"), "--timeout must be above zero."),
+])  # fmt: skip
+def test_out_of_range_values_are_usage_errors(pump, args, words):
+    line = failed(pump.ctl(*args, input="y\ny\ny\n"), CTL.EXIT_USAGE)
+    assert words in line
+
+
+@pytest.mark.parametrize("programme, words", [
+    ({"steps": [{"start": "00:00", "ug_per_day": 5000000}]},
+     "programme.steps[0].ug_per_day must be from 0 to 4294967.295"),
+    ({"steps": [{"start": "00:00", "ug_per_day": -5}]},
+     "programme.steps[0].ug_per_day must be from 0 to"),
+    ({"steps": [{"start": "00:00", "ug_per_day": 300}],
+      "periodic": [{"start": "08:00", "dose_ug": 4294968, "duration_min": 10}]},
+     "programme.periodic[0].dose_ug must be from 0 to"),
+    ({"steps": [{"start": "00:00", "ug_per_day": 300}], "patient": dict(PATIENT, dose_ug=-1)},
+     "programme.patient.dose_ug must be from 0 to"),
+    ({"steps": [{"start": "00:00", "ug_per_day": 300}],
+      "patient": dict(PATIENT, max_per_24h=300)},
+     "programme.patient.max_per_24h must be from 0 to 255"),
+    ({"steps": [{"start": "%02d:%02d" % divmod(i * 5, 60), "ug_per_day": 300}
+                for i in range(256)]},
+     "at most 255 steps"),
+])  # fmt: skip
+def test_a_prescription_the_protocol_cannot_carry_is_a_usage_error(pump, tmp_path, programme,
+                                                                   words):  # fmt: skip
+    path = tmp_path / "rx.json"
+    path.write_text(json.dumps({"programme": programme}))
+    assert words in failed(pump.ctl("program", str(path), input="y\ny\n"), CTL.EXIT_USAGE)
+
+
+# Ctrl-C while a question waits for the user: the terminal's SIGINT goes to the main thread
+# (the event loop) while the prompt's thread stays blocked reading; pumpctl must end at once.
+@pytest.mark.parametrize("prompt, args", [
+    ("confirm", ("set-time", "2031-03-04 05:06")),
+    ("prompt", ("refill",)),
+])  # fmt: skip
+def test_ctrl_c_at_a_question_ends_pumpctl(pump, monkeypatch, prompt, args):
+    if threading.current_thread() is not threading.main_thread():
+        pytest.skip("signals reach only the main thread")
+    released = threading.Event()
+    asked = []
+
+    def blocked_at_the_terminal(*_a, **_kw):
+        asked.append(True)
+        signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)
+        released.wait(20)  # a user who never answers
+        return "y"
+
+    monkeypatch.setattr(click, prompt, blocked_at_the_terminal)
+    before = signal.signal(signal.SIGINT, signal.default_int_handler)
+    t0 = time.monotonic()
+    try:
+        r = pump.ctl(*args)
+    finally:
+        took = time.monotonic() - t0
+        released.set()
+        signal.signal(signal.SIGINT, before)
+    assert asked
+    assert failed(r, CTL.EXIT_CANCELLED) == "pumpctl: Interrupted."
+    assert took < 15
+    assert "2031-03-04" not in ok(pump.ctl("status"))
+
+
+def test_an_interrupt_raised_in_the_prompt_is_no_answer(pump, monkeypatch):
+    def interrupted(*_a, **_kw):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(click, "confirm", interrupted)
+    line = failed(pump.ctl("set-time", "2031-03-04 05:06"), CTL.EXIT_CANCELLED)
+    assert line == "pumpctl: Nothing changed: interrupted at the question."
+    monkeypatch.setattr(click, "prompt", interrupted)
+    line = failed(pump.ctl("refill"), CTL.EXIT_CANCELLED)
+    assert line == "pumpctl: Nothing changed: no answer was given."
+
+
+@pytest.mark.parametrize("kept", [range(1, 1), range(5, 120), range(300, 420),
+                                  range(2**32 - 300, 2**32 - 9), range(2**32 - 50, 2**32)])
+def test_the_newest_sequence_number_is_found_up_to_the_fields_top(kept):
+    """last_seq finds the newest record from counts alone; its search must not ask for a range
+    the protocol's u32 fields cannot hold, even when the numbers are near their top."""
+    asked = []
+
+    class Counts:
+        async def count(self, first, last):
+            struct.pack("<II", first, last)  # what the real request does with them
+            asked.append(last)
+            return sum(1 for q in kept if first <= q <= last)
+
+    newest = asyncio.run(CTL.PumpLink.last_seq(Counts()))
+    assert newest == (kept[-1] if len(kept) else 0)
+    assert max(asked) == CTL.SEQ_MAX
+
+
+def test_the_bond_file_is_never_readable_by_others(tmp_path, monkeypatch):
+    modes = []
+    replace = os.replace
+
+    def spy(src, dst):
+        modes.append(stat.S_IMODE(os.stat(src).st_mode))
+        replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", spy)
+    path = tmp_path / "new-folder" / "bonds.json"
+    old_umask = os.umask(0o022)
+    try:
+        store = GBU.BondStore(namespace="F0:00:00:00:00:01", filename=str(path))
+        asyncio.run(store.save({"F0:00:00:00:00:01": {"peer": {"ltk": {"value": "00"}}}}))
+        # A temporary file left readable by an earlier run is not reused as it is.
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text("")
+        tmp.chmod(0o644)
+        asyncio.run(store.save({}))
+    finally:
+        os.umask(old_umask)
+    assert modes == [0o600, 0o600]
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+    assert stat.S_IMODE(os.stat(path.parent).st_mode) == 0o700
 
 
 def test_the_installed_command_fails_in_one_sentence(pump, tmp_path):

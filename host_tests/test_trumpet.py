@@ -1,6 +1,7 @@
 # The bench rig's trumpet maths (itbtools/trumpet.py): hand-computed cases, synthetic logs with a
 # known bias and known noise, the window counts of the standard test, and the quantisation band.
 
+import bisect
 import math
 import random
 from fractions import Fraction
@@ -283,3 +284,99 @@ def test_twenty_five_boluses_with_a_known_bias():
     assert rep.n == 25 and rep.mean == 3
     assert rep.max == F(42, 10) and rep.min == F(18, 10)
     assert rep.as_dict()["boluses"] == 25
+
+
+# ---- refusals ----
+
+
+def test_a_negative_start_end_or_window_is_refused_not_indexed_from_the_end():
+    log = linear_log(10, 0, 120)
+    for bad in ({"analysis_start_min": -5}, {"analysis_end_min": -1},
+                {"analysis_start_min": 0, "windows_min": (2, -1)}, {"windows_min": (0,)}):
+        with pytest.raises(ValueError, match="negative|positive"):
+            T.analyse(log, 10, **bad)
+
+
+def test_a_grid_beyond_ten_million_points_is_refused_at_once():
+    # 300 000 000 s at 30 s is 10 000 001 points: one too many. Refused before any is built.
+    with pytest.raises(ValueError, match="10000001 grid points, more than the 10000000"):
+        T.to_grid([(0, 1), (300_000_000, 2)], 30)
+    with pytest.raises(ValueError, match="10000001 grid points"):
+        T.analyse([(0, 1), (300, 2)], 10, interval_s=F(3, 100000))
+
+
+def test_numbers_out_of_any_bench_range_are_refused_quickly():
+    # Fraction(Decimal("1e999999999")) would build a billion-digit integer.
+    for x in ("1e999999999", "1e-999999999", 1e300, "9" * 100):
+        with pytest.raises(ValueError, match="out of range"):
+            T.exact(x)
+    assert T.exact("1.5e3") == 1500 and T.exact("0") == 0
+
+
+# ---- the ratio can fail: an uneven pulse train ----
+
+REF_PULSE_NL = F(59711, 90400000) * 10**6  # the reference rig's 660.520 nL
+
+
+def train_log(times_s, pulse_nl, minutes, interval_s=30):
+    """A perfect balance under a pulse train with pulses at the given times (s)."""
+    out = []
+    for i in range(int(minutes * 60 / interval_s) + 1):
+        t = F(i * interval_s)
+        out.append((t, 1 + bisect.bisect_right(times_s, t) * F(pulse_nl) / 10**6))
+    return out
+
+
+def ep2_ratio(rate, times, minutes=150):
+    rep = T.analyse(train_log(times, REF_PULSE_NL, minutes), rate, 1, 30, windows_min=(2,),
+                    pulse_nl=REF_PULSE_NL)  # fmt: skip
+    w = rep.window(2)
+    outside = [e for e in w.errors if not w.bound.low_pct <= e <= w.bound.high_pct]
+    return w.spread / w.bound.spread_pct, outside, w
+
+
+def even_times(rate, minutes, phase=7):
+    tp = REF_PULSE_NL / (F(rate) * 1000) * 3600
+    return [phase + i * tp for i in range(int(minutes * 60 / tp) + 2)]
+
+
+def paired_times(rate, minutes, gap_s, phase=7):
+    """The same pulses at the same mean rate, made two at a time: a pair every 2 Tp."""
+    tp = REF_PULSE_NL / (F(rate) * 1000) * 3600
+    out = []
+    for i in range(int(minutes * 60 / (2 * tp)) + 2):
+        out += [phase + 2 * i * tp, phase + 2 * i * tp + gap_s]
+    return out
+
+
+def test_ep2_bound_ratio_detects_pulses_made_in_pairs():
+    # At 30 uL/h the reference rig's pulse period is 79.3 s and a 2-min window holds 1.51 pulses
+    # of an even train: always 1 or 2 pulses, E only -33.9 % or +32.1 %, ratio 1. Made in pairs
+    # 5 s apart (one pair every 158.5 s, the same mean rate), some 2-min windows fall between
+    # two pairs and hold no pulse: E = -100 %, outside the band, and the spread doubles.
+    # (The bench runs at 10 uL/h, where x = 0.50: an even train gives 0 or 1 pulse per window,
+    # so the ratio there sees only pulses closer together than 2 min, shown below.)
+    ratio, outside, w = ep2_ratio(30, even_times(30, 150))
+    assert ratio == 1 and not outside and w.bound.k == 1
+    ratio, outside, w = ep2_ratio(30, paired_times(30, 150, 5))
+    assert ratio > F(11, 10) and min(outside) == -100 and w.ep_min == -100
+    assert round(float(ratio), 2) == 2.0
+    # At 10 uL/h (pulse period 237.8 s) the pairs put 2 pulses in a window: +296 %, seen too.
+    ratio, outside, w = ep2_ratio(10, paired_times(10, 150, 5))
+    assert ratio > F(11, 10) and max(outside) > 290
+
+
+def test_at_10_ul_h_the_two_minute_ratio_is_blind_to_unevenness_above_two_minutes():
+    # The limit of the metric, stated as a fact: pulses alternately 0.6 and 1.4 periods apart
+    # (143 s and 333 s at 10 uL/h, both longer than the window) still give every 2-min window 0
+    # or 1 pulse, exactly as an even train does. Such unevenness shows only in longer windows.
+    tp = REF_PULSE_NL / 10_000 * 3600
+    times = []
+    for i in range(40):
+        times += [7 + 2 * i * tp, 7 + 2 * i * tp + F(6, 10) * tp]
+    ratio, outside, _w = ep2_ratio(10, times)
+    assert ratio == 1 and not outside
+    rep = T.analyse(train_log(times, REF_PULSE_NL, 150), 10, 1, 30, windows_min=(5,),
+                    pulse_nl=REF_PULSE_NL)  # fmt: skip
+    w5 = rep.window(5)
+    assert w5.spread / w5.bound.spread_pct > F(11, 10)

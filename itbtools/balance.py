@@ -237,6 +237,7 @@ class Balance:
         self.clock = clock
         self.parser = Parser() if parser is None else parser
         self.closed = False
+        self.flushed = 0  # stale bytes dropped by flush_input
 
     @classmethod
     def open(cls, device, clock, baud=9600, silence_s=10.0, read_timeout_s=0.2):
@@ -292,13 +293,37 @@ class Balance:
             out += self.parser.tick(self.clock())
         return out
 
+    def flush_input(self):
+        """Drop whatever the balance sent that was not read yet (a late answer to an earlier
+        command, half a line): otherwise it would be taken for the answer to the next command,
+        timed then, and every later reading would lag one command behind."""
+        if self.closed:
+            return []
+        try:
+            reset = getattr(self.port, "reset_input_buffer", None)
+            if reset is not None:
+                reset()
+            for _ in range(64):  # a port without reset_input_buffer, or bytes still arriving
+                n = getattr(self.port, "in_waiting", 0)
+                data = self.port.read(n) if n else b""
+                if not data:
+                    break
+                self.flushed += len(data)
+        except Exception as e:  # noqa: BLE001
+            return self._lost(e)
+        self.flushed += len(self.parser._buf)
+        self.parser._buf.clear()
+        return []
+
     def immediate(self, timeout_s=2.0):
-        """SI: the weight now, stable or not."""
-        return self.send("SI") + self.receive(timeout_s)
+        """SI: the weight now, stable or not (stale input dropped first)."""
+        out = self.flush_input()
+        return out + self.send("SI") + self.receive(timeout_s)
 
     def stable(self, timeout_s=10.0):
-        """S: the next stable weight."""
-        return self.send("S") + self.receive(timeout_s)
+        """S: the next stable weight (stale input dropped first)."""
+        out = self.flush_input()
+        return out + self.send("S") + self.receive(timeout_s)
 
     def start_continuous(self):
         """SIR: the balance sends weights on its own from now on."""
@@ -389,6 +414,9 @@ class LogData:
         self.lines = 0
 
 
+# A reading more than this after the previous one is a corrupted time, not a pause of the test.
+MAX_LOG_JUMP_S = 7 * 24 * 3600
+_MAX_NUMBER_CHARS = 32
 _T_NAMES = ("t_s", "time_s", "t", "time")
 _M_NAMES = ("mass_g", "weight_g", "mass", "weight", "w_g")
 
@@ -425,7 +453,11 @@ def read_log(path):
                 k, _, v = body.partition(":")
                 data.meta[k.strip()] = v.strip()
             continue
-        fields = next(csv.reader(io.StringIO(s)))
+        try:
+            fields = next(csv.reader(io.StringIO(s)))
+        except csv.Error as e:  # e.g. a field over the csv module's size limit, a NUL byte
+            data.problems.append((no, "line %d cannot be read as CSV (%s)" % (no, _first_line(e))))
+            continue
         fields = [x.strip() for x in fields]
         if col_t is None:
             low = [x.lower() for x in fields]
@@ -446,16 +478,23 @@ def read_log(path):
         try:
             if len(fields) < need:
                 raise InvalidOperation
+            # Plain decimals only: an exponent (1e9) or a number longer than any balance writes
+            # is not a reading, and would cost the exact analysis dearly.
+            if not all(len(x) <= _MAX_NUMBER_CHARS and _NUMBER.match(x)
+                       for x in (fields[col_t], fields[col_m])):  # fmt: skip
+                raise InvalidOperation
             t = Decimal(fields[col_t])
             m = Decimal(fields[col_m])
-            if not (t.is_finite() and m.is_finite()):
-                raise InvalidOperation
         except InvalidOperation:
             data.problems.append((no, "line %d is not a time and a mass: %s" % (no, _show(s))))
             continue
         if last_t is not None and t <= last_t:
             data.problems.append((no, "line %d has time %s s, not after %s s; dropped"
                                   % (no, t, last_t)))  # fmt: skip
+            continue
+        if last_t is not None and t - last_t > MAX_LOG_JUMP_S:
+            data.problems.append((no, "line %d has time %s s, more than 7 days after %s s; "
+                                  "dropped" % (no, t, last_t)))  # fmt: skip
             continue
         last_t = t
         data.samples.append((t, m))

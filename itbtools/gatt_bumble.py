@@ -105,7 +105,7 @@ class BumbleGatt:
             address = str(hci.Address.generate_static_address())
         host = Host(controller_source=self.transport.source, controller_sink=self.transport.sink)
         self.device = Device(name="pumpctl", address=hci.Address(address), host=host)
-        self.device.keystore = JsonKeyStore(namespace=address, filename=str(self.bond_file))
+        self.device.keystore = BondStore(namespace=address, filename=str(self.bond_file))
         self.device.pairing_config_factory = lambda _conn: PairingConfig(
             sc=True, mitm=True, bonding=True, delegate=_Delegate(self))  # fmt: skip
         try:
@@ -191,8 +191,6 @@ class BumbleGatt:
             raise LinkError("The pump refused to pair (%s): is its pairing window open? Press "
                             "its button and try again within 60 s."
                             % (getattr(e, "error_name", None) or e)) from None  # fmt: skip
-        if self.bond_file.exists():
-            os.chmod(self.bond_file, 0o600)  # the bond's keys are secrets
 
     async def has_bond(self):
         return await self.device.keystore.get(str(self.connection.peer_address)) is not None
@@ -266,6 +264,23 @@ class BumbleGatt:
         except (TimeoutError, BaseBumbleError) as e:
             raise LinkError(bumble_error_text(e)) from None
         return queue
+
+
+class BondStore(JsonKeyStore):
+    """Bumble's JSON key store, but the file holding the bond's keys (secrets) is created
+    owner-only: Bumble writes a temporary file with the default mode and renames it over the
+    store, so a chmod afterwards would leave the keys readable for a moment."""
+
+    async def save(self, db):
+        folder = Path(self.filename).parent
+        if not folder.exists():
+            folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+        temp = Path(self.filename).with_name(Path(self.filename).name + ".tmp")
+        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            os.fchmod(f.fileno(), 0o600)  # a temporary file left from before keeps its mode
+            json.dump(db, f, sort_keys=True, indent=4)
+        os.replace(temp, self.filename)
 
 
 def default_bond_file():

@@ -97,6 +97,19 @@ def _windows_option(text):
     return tuple(out)
 
 
+def _analysis_options(start, end, windows):
+    """--analysis-start-min, --analysis-end-min and --windows, checked: (start, end, windows)."""
+    s = None if start is None else _decimal_option(start, "--analysis-start-min", positive=False)
+    if s is not None and s < 0:
+        raise BenchError("--analysis-start-min must not be negative, not %s" % start, EXIT_USAGE)
+    e = None if end is None else _decimal_option(end, "--analysis-end-min")
+    if e is not None and e <= (T.DEFAULT_ANALYSIS_START_MIN if s is None else s):
+        raise BenchError("--analysis-end-min (%s) must be after the analysis start (%s min)"
+                         % (end, _num(T.DEFAULT_ANALYSIS_START_MIN if s is None else s)),
+                         EXIT_USAGE)  # fmt: skip
+    return s, e, _windows_option(windows)
+
+
 # ---- programmed rates and boluses (shared by the sim and the board snippets) ----
 
 
@@ -587,7 +600,12 @@ def bolus_series(bal, board, log_rows, clock, sleep, count, volume_ul, duration_
         before, why = (after, None) if after is not None else stable_mass()
         if before is None:
             return pairs, set_ul, why
-        set_ul, _res = board.bolus(volume_ul, duration_s)
+        try:
+            set_ul, _res = board.bolus(volume_ul, duration_s)
+        except BenchError as e:
+            # A refusal (or a board that stopped answering) ends the series; the boluses done
+            # still make a report.
+            return pairs, set_ul, str(e)
         sleep(duration_s + settle_s)
         after, why = stable_mass()
         if after is None:
@@ -642,11 +660,7 @@ def trumpet(log, rate_ul_h, pulse_nl, out_dir, density, interval_s, analysis_sta
     dens = _decimal_option(density, "--density")
     dt = _decimal_option(interval_s, "--interval-s")
     pulse = reference_pulse_nl() if pulse_nl is None else _decimal_option(pulse_nl, "--pulse-nl")
-    start = None if analysis_start_min is None else _decimal_option(
-        analysis_start_min, "--analysis-start-min", positive=False)
-    end = None if analysis_end_min is None else _decimal_option(analysis_end_min,
-                                                                "--analysis-end-min")
-    wins = _windows_option(windows)
+    start, end, wins = _analysis_options(analysis_start_min, analysis_end_min, windows)
     try:
         data = B.read_log(str(log))
     except B.BalanceError as e:
@@ -761,18 +775,15 @@ def sim(rate_ul_h, hours, seed, out_dir, resolution_g, noise_g, evaporation_mg_h
     _decimal_option(evaporation_mg_h, "--evaporation-mg-h", positive=False)
     if hrs > 24 * 60:
         raise BenchError("--hours must be at most 1440 (60 days)", EXIT_USAGE)
-    start = None if analysis_start_min is None else _decimal_option(
-        analysis_start_min, "--analysis-start-min", positive=False)
-    end = None if analysis_end_min is None else _decimal_option(analysis_end_min,
-                                                                "--analysis-end-min")
+    start, end, wins = _analysis_options(analysis_start_min, analysis_end_min, windows)
     opts = dict(REFERENCE_BALANCE, resolution_g=resolution_g, noise_g=noise_g,
                 evaporation_mg_h=evaporation_mg_h, garbage=garbage, dropout=dropout)
     if balance_dies_after_min is not None:
         opts["dead_after_s"] = _decimal_option(balance_dies_after_min,
                                                "--balance-dies-after-min") * 60
     out = console()
-    rep, _d, acq = run_sim(out, rate, hrs, seed, out_dir, dt, dens, start, end,
-                           _windows_option(windows), opts, plots=not no_plots)  # fmt: skip
+    rep, _d, acq = run_sim(out, rate, hrs, seed, out_dir, dt, dens, start, end, wins, opts,
+                           plots=not no_plots)  # fmt: skip
     if acq.stopped:
         raise BenchError("The test stopped early: %s; the report covers what was logged"
                          % acq.stopped)  # fmt: skip
@@ -822,6 +833,8 @@ def run(balance_port, baud, balance_mode, board_port, ble_pump, rate_ul_h, hours
     hrs = _decimal_option(hours, "--hours")
     rate = None if rate_ul_h is None else _decimal_option(rate_ul_h, "--rate-ul-h")
     vol = None if bolus_ul is None else _decimal_option(bolus_ul, "--bolus-ul")
+    # Checked before anything is sent: a typo must not cost a test of several hours.
+    start, end, wins = _analysis_options(analysis_start_min, analysis_end_min, windows)
     if out_dir is None:
         out_dir = ROOT / "build" / ("pumpbench-run-" + time.strftime("%Y%m%d-%H%M%S"))
     out = console()
@@ -870,9 +883,7 @@ def run(balance_port, baud, balance_mode, board_port, ble_pump, rate_ul_h, hours
     meta["problems"] = [p.sentence() for p in acq.problems]
     meta["stopped"] = acq.stopped
     rep, _d = analyse_and_report(out, out_dir, acq.readings, set_rate, dens, dt,
-                                 reference_pulse_nl(), *_analysis_opts(analysis_start_min,
-                                                                       analysis_end_min),
-                                 _windows_option(windows), meta, not no_plots,
+                                 reference_pulse_nl(), start, end, wins, meta, not no_plots,
                                  "pumpbench run: %s uL/h" % _num(set_rate, 4))  # fmt: skip
     if acq.stopped:
         raise BenchError("The test stopped early: %s; the log and a partial report are in %s"
@@ -881,12 +892,6 @@ def run(balance_port, baud, balance_mode, board_port, ble_pump, rate_ul_h, hours
         raise BenchError("The analysis is partial: %s" % (rep.notes[0].rstrip(".") if rep.notes
                                                           else "no window could be computed"))
     return 0
-
-
-def _analysis_opts(start, end):
-    s = None if start is None else _decimal_option(start, "--analysis-start-min", positive=False)
-    e = None if end is None else _decimal_option(end, "--analysis-end-min")
-    return s, e
 
 
 def _open_balance(port, baud, silence_s):
@@ -911,8 +916,9 @@ def run_boluses(out, bal, board, count, volume_ul, bolus_s, settle_s, density, o
     write_outputs(out_dir, {"command": "pumpbench run --boluses", "bolus": rep.as_dict(),
                             "stopped": why}, None)  # fmt: skip
     if why:
-        raise BenchError("The bolus series stopped after %d boluses: %s" % (len(pairs),
-                                                                           why.rstrip(".")))
+        why = why.strip().rstrip(".")
+        raise BenchError("The bolus series stopped after %d of %d boluses: %s" % (
+            len(pairs), count, why[:1].lower() + why[1:]))  # fmt: skip
     return 0
 
 

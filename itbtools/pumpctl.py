@@ -8,11 +8,11 @@ Keys are never printed. The key file's command counter is raised after every ses
 import asyncio
 import csv
 import datetime
-import functools
 import json
 import logging
 import struct
 import sys
+import threading
 
 import click
 from rich.console import Console
@@ -41,6 +41,7 @@ EXIT_CANCELLED = 4
 EXIT_BUG = 5
 DEFAULT_SIM = "127.0.0.1:6402"
 SEQ_MAX = 0xFFFFFFFF
+U32_MAX = 0xFFFFFFFF  # the protocol's amounts (nL, ng, s) are u32
 BATTERY_LEVEL = "00002a19-0000-1000-8000-00805f9b34fb"
 # Results that are the pump saying no (exit 1); any other non-success is a link or protocol
 # failure (exit 3).
@@ -97,8 +98,28 @@ class Options:
 
 
 async def _in_thread(fn, *args, **kw):
-    return await asyncio.get_running_loop().run_in_executor(None, functools.partial(fn, *args,
-                                                                                    **kw))
+    """fn(*args, **kw) in a daemon thread. Not the loop's executor: asyncio.run waits for that
+    executor's threads when it ends, so Ctrl-C (which cancels the command) would hang on a
+    prompt still blocked reading the terminal. A daemon thread is simply left behind."""
+    loop = asyncio.get_running_loop()
+    done = loop.create_future()
+
+    def settle(ok, value):
+        if not done.done():
+            (done.set_result if ok else done.set_exception)(value)
+
+    def work():
+        try:
+            result = (True, fn(*args, **kw))
+        except BaseException as e:  # noqa: BLE001 - handed to the awaiting coroutine
+            result = (False, e)
+        try:
+            loop.call_soon_threadsafe(settle, *result)
+        except RuntimeError:
+            pass  # the loop is gone (the command was interrupted): nobody wants the answer
+
+    threading.Thread(target=work, name="pumpctl-prompt", daemon=True).start()
+    return await done
 
 
 async def ask_yes(opts, question):
@@ -108,6 +129,8 @@ async def ask_yes(opts, question):
         return await _in_thread(click.confirm, question, default=False)
     except click.exceptions.Abort:
         return False
+    except KeyboardInterrupt:
+        raise _cancelled("interrupted at the question") from None
 
 
 async def ask_value(opts, given, question, parse):
@@ -118,7 +141,7 @@ async def ask_value(opts, given, question, parse):
         raise Failure("%s: give it as an option when using --yes." % question, EXIT_USAGE)
     try:
         text = await _in_thread(click.prompt, question, type=str)
-    except click.exceptions.Abort:
+    except (click.exceptions.Abort, KeyboardInterrupt):
         raise _cancelled("no answer was given") from None
     return parse(text)
 
@@ -130,6 +153,8 @@ def _ml_to_nl(text, what):
         raise Failure("The %s is not valid: %s." % (what, e), EXIT_USAGE) from None
     if nl < 0:
         raise Failure("The %s cannot be negative." % what, EXIT_USAGE)
+    if nl > U32_MAX:
+        raise Failure("The %s is too large: at most %s mL." % (what, D.ml(U32_MAX)), EXIT_USAGE)
     return nl
 
 
@@ -273,9 +298,11 @@ class PumpLink:
         c = await self.count(1, n)
         if c > 0:
             return n + (n - c)  # the records kept run from n - c + 1 to that
-        lo, hi = n, 2 * n  # count(1, lo) < n: the newest is above lo
+        # count(1, lo) < n: the newest is above lo. hi stops at SEQ_MAX (the field's top),
+        # where the count is n by definition.
+        lo, hi = n, min(2 * n, SEQ_MAX)
         while await self.count(1, hi) < n:
-            lo, hi = hi, 2 * hi
+            lo, hi = hi, min(2 * hi, SEQ_MAX)
         while hi - lo > 1:
             mid = (lo + hi) // 2
             if await self.count(1, mid) < n:
@@ -396,6 +423,8 @@ def cli(ctx, transport, address, key_path, bond_file, yes, timeout_s):
     # Bumble and bleak log link events at WARNING; pumpctl says what matters in its own words.
     logging.getLogger("bumble").setLevel(logging.CRITICAL)
     logging.getLogger("bleak").setLevel(logging.CRITICAL)
+    if not timeout_s > 0:
+        _fail("--timeout must be above zero.", EXIT_USAGE)
     ctx.obj = Options(transport, address, key_path, bond_file, yes, timeout_s)
 
 
@@ -539,6 +568,8 @@ def _alarm_line(a):
 @pass_opts
 def history(opts, first, rows, csv_path, json_path):
     """Download the pump's event log (checked record by record and along its hash chain)."""
+    if not 1 <= first <= SEQ_MAX:
+        _fail("--from must be a sequence number from 1 to %d." % SEQ_MAX, EXIT_USAGE)
 
     async def go():
         async with PumpLink(opts) as p:
@@ -621,10 +652,32 @@ def load_prescription(path):
 
 def build(prog, strength, path):
     try:
-        return SC._programme(prog, strength)
+        rx = SC._programme(prog, strength)
     except SC.ScenarioError as e:
         raise Failure("The prescription file %s is not valid: %s." % (path, e),
                       EXIT_USAGE) from None  # fmt: skip
+    problem = _unsendable(rx)
+    if problem:
+        raise Failure("The prescription file %s is not valid: %s." % (path, problem), EXIT_USAGE)
+    return rx
+
+
+def _unsendable(rx):
+    """Why rx cannot be put in the protocol's fields (docs/protocol.md, "Prescription"), or
+    None. The pump judges the values themselves; these only have to fit."""
+    if len(rx.steps) > 255 or len(rx.periodic) > 255:
+        return "a programme has at most 255 steps and 255 periodic boluses"
+    amounts = [("programme.steps[%d].ug_per_day" % i, rate) for i, (_s, rate)
+               in enumerate(rx.steps)]  # fmt: skip
+    amounts += [("programme.periodic[%d].dose_ug" % i, dose) for i, (_s, dose, _d)
+                in enumerate(rx.periodic)]  # fmt: skip
+    amounts.append(("programme.patient.dose_ug", rx.patient_dose_ng))
+    for where, ng in amounts:
+        if not 0 <= ng <= U32_MAX:
+            return "%s must be from 0 to %s" % (where, D.ug(U32_MAX))
+    if not 0 <= rx.patient_max_per_24h <= 255:
+        return "programme.patient.max_per_24h must be from 0 to 255"
+    return None
 
 
 def compare_table(old, new, reservoir_nl):
@@ -730,6 +783,11 @@ def bolus(opts, dose_ug, minutes):
             _fail("The bolus dose is not valid: %s." % e, EXIT_USAGE)
         if dose_ng <= 0 or minutes <= 0:
             _fail("The bolus dose and duration must be above zero.", EXIT_USAGE)
+        if dose_ng > U32_MAX:
+            _fail("The bolus dose is too large: at most %s µg." % D.ug(U32_MAX), EXIT_USAGE)
+        if minutes * 60 > U32_MAX:
+            _fail("The bolus duration is too long: at most %d min." % (U32_MAX // 60),
+                  EXIT_USAGE)  # fmt: skip
 
     async def go():
         async with PumpLink(opts, clinician=clinician, what="A clinician bolus") as p:
@@ -765,6 +823,14 @@ def refill(opts, withdrawn_ml, fill_ml, strength):
     strength, the bridge bolus, then commit (or abandon: nothing changes)."""
     if opts.yes and (withdrawn_ml is None or fill_ml is None):
         _fail("With --yes, give --withdrawn-ml and --fill-ml.", EXIT_USAGE)
+    # Volumes given as options are checked before the refill starts (the same checks run
+    # again on the answers to the questions).
+    if withdrawn_ml is not None:
+        checked(_ml_to_nl, withdrawn_ml, "withdrawn volume")
+    if fill_ml is not None:
+        checked(_ml_to_nl, fill_ml, "fill volume")
+    if strength is not None:
+        checked(_strength_allowed, strength)
 
     async def go():
         async with PumpLink(opts, clinician=True, what="A refill") as p:
@@ -819,9 +885,7 @@ async def _refill_steps(opts, p, old_conc, running, fill_ml, strength):
     if fill <= 0:
         raise Failure("The fill volume must be above zero.", EXIT_USAGE)
     conc = old_conc if strength is None else strength
-    if not RX.conc_allowed(conc):
-        raise Failure("The strength must be one of %s µg/mL." % ", ".join(
-            str(c) for c in L.CONCENTRATIONS_UG_PER_ML), EXIT_USAGE)  # fmt: skip
+    _strength_allowed(conc)
     await p.ask("the new fill", SV.CH_COMMAND_CP, K.REFILL_FILL, struct.pack("<IH", fill, conc))
     opts.say("New fill: %s mL at %d µg/mL." % (D.ml(fill), conc))
     if conc != old_conc:
@@ -839,6 +903,12 @@ async def _refill_steps(opts, p, old_conc, running, fill_ml, strength):
     await p.ask("the refill", SV.CH_COMMAND_CP, K.REFILL_COMMIT)
     p.opts.say("Refill committed: %s mL at %d µg/mL." % (D.ml(fill), conc))
     return await _bridge_report(p, conc != old_conc)
+
+
+def _strength_allowed(conc):
+    if not RX.conc_allowed(conc):
+        raise Failure("The strength must be one of %s µg/mL." % ", ".join(
+            str(c) for c in L.CONCENTRATIONS_UG_PER_ML), EXIT_USAGE)  # fmt: skip
 
 
 def _rates_change(rx, old_conc, conc):

@@ -75,6 +75,13 @@ PERCENTILES = (5, 25, 50, 75, 95)
 # rather than interpolated: the staircase of a pulsed pump must not be bridged over a gap.
 MAX_GAP_INTERVALS = Fraction(3, 2)
 BOLUS_STANDARD_COUNT = 25
+# The largest grid the analysis takes on (about 3.5 years at 30 s): each window walks the whole
+# grid in exact fractions, so a log whose times jump far, or a tiny interval, must be refused
+# rather than leave the tool computing for hours or running out of memory.
+MAX_GRID_POINTS = 10_000_000
+# Decimal exponents beyond this are no bench quantity; Fraction() of 1e999999999 would build a
+# billion-digit integer, so such a number is refused before it is turned into a fraction.
+_MAX_EXPONENT = 60
 
 _S_PER_H = 3600
 _NL_PER_UL = 1000
@@ -97,6 +104,8 @@ def exact(x, what="value"):
             raise ValueError("the %s %r is not a number" % (what, x)) from None
         if not d.is_finite():
             raise ValueError("the %s %r is not a finite number" % (what, x))
+        if d and abs(d.adjusted()) > _MAX_EXPONENT:
+            raise ValueError("the %s %r is out of range" % (what, x))
         return Fraction(d)
     raise ValueError("the %s %r is not a number" % (what, x))
 
@@ -202,6 +211,10 @@ def to_grid(samples, interval_s=DEFAULT_INTERVAL_S, origin_s=None, max_gap_s=Non
     t0 = pts[0][0] if origin_s is None else exact(origin_s, "origin")
     gap = dt * MAX_GAP_INTERVALS if max_gap_s is None else exact(max_gap_s, "gap")
     n = math.floor((pts[-1][0] - t0) / dt) + 1 if pts[-1][0] >= t0 else 0
+    if n > MAX_GRID_POINTS:
+        raise ValueError("the log spans %s s, which at a %s s interval is %d grid points, more "
+                         "than the %d this analysis takes on" % (_num(pts[-1][0] - t0), _num(dt),
+                                                                 n, MAX_GRID_POINTS))  # fmt: skip
     masses = []
     interp = 0
     j = 0  # pts[j] is the last reading at or before the grid time (once one exists)
@@ -356,6 +369,16 @@ def analyse(samples, rate_ul_h, density=DEFAULT_DENSITY, interval_s=DEFAULT_INTE
     if r <= 0 or d <= 0 or dt <= 0:
         raise ValueError("the rate, density and sample interval must be positive")
     rep.pulse_nl = None if pulse_nl is None else exact(pulse_nl, "pulse volume")
+    # A negative start or end would index the grid from its far end: refused, not guessed at.
+    start = DEFAULT_ANALYSIS_START_MIN if analysis_start_min is None else analysis_start_min
+    start = exact(start, "analysis start")
+    end = None if analysis_end_min is None else exact(analysis_end_min, "analysis end")
+    if start < 0 or (end is not None and end < 0):
+        raise ValueError("the analysis start and end must not be negative")
+    wins = STANDARD_WINDOWS_MIN + HOUR_WINDOWS_MIN if windows_min is None else windows_min
+    wins = [exact(p, "window") for p in wins]
+    if any(p <= 0 for p in wins):
+        raise ValueError("every observation window must be positive")
     samples = list(samples)
     rep.readings = len(samples)
     grid = rep.grid = to_grid(samples, dt, origin_s)
@@ -368,12 +391,10 @@ def analyse(samples, rate_ul_h, density=DEFAULT_DENSITY, interval_s=DEFAULT_INTE
         rep.notes.append("The log holds fewer than two readings on the %s s grid: there is "
                          "nothing to analyse." % _num(dt))  # fmt: skip
         return rep
-    start = DEFAULT_ANALYSIS_START_MIN if analysis_start_min is None else analysis_start_min
-    start = exact(start, "analysis start")
     k0 = math.ceil(start * 60 / dt)
     last = n_pts - 1
-    if analysis_end_min is not None:
-        last = min(last, math.floor(exact(analysis_end_min, "analysis end") * 60 / dt))
+    if end is not None:
+        last = min(last, math.floor(end * 60 / dt))
     while last > k0 and w[last] is None:
         last -= 1
     while k0 < last and w[k0] is None:
@@ -382,7 +403,7 @@ def analyse(samples, rate_ul_h, density=DEFAULT_DENSITY, interval_s=DEFAULT_INTE
         rep.notes.append("The log covers %s min, which leaves no analysis period after %s min: "
                          "only the start-up curve is reported." % (_num((n_pts - 1) * dt / 60),
                                                                   _num(start)))  # fmt: skip
-        _skip_all(rep, windows_min, "there is no analysis period")
+        _skip_all(rep, wins, "there is no analysis period")
         return rep
     rep.k0, rep.k1 = k0, last
     if k0 != math.ceil(start * 60 / dt):
@@ -393,17 +414,14 @@ def analyse(samples, rate_ul_h, density=DEFAULT_DENSITY, interval_s=DEFAULT_INTE
     rep.overall = 100 * (rep.mean_rate - r) / r
     if rep.pulse_nl is not None:
         rep.overall_bound = quantisation_bound(rep.pulse_nl, r, period / 60)
-    wins = windows_min
-    if wins is None:
-        wins = STANDARD_WINDOWS_MIN + HOUR_WINDOWS_MIN
     for p in wins:
-        rep.windows.append(_window(rep, exact(p, "window"), w, k0, last))
+        rep.windows.append(_window(rep, p, w, k0, last))
     return rep
 
 
-def _skip_all(rep, windows_min, why):
-    for p in STANDARD_WINDOWS_MIN + HOUR_WINDOWS_MIN if windows_min is None else windows_min:
-        rep.windows.append(Window(exact(p), 0, 0, [], None, None, skipped=why))
+def _skip_all(rep, wins, why):
+    for p in wins:
+        rep.windows.append(Window(p, 0, 0, [], None, None, skipped=why))
 
 
 def _window(rep, p, w, k0, k1):
