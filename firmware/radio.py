@@ -47,7 +47,7 @@ _WRITE_AUTHN = const(0x2000)
 PUMP_SERVICE = "6a1f0000-3b9e-4c2d-8f5a-7e41c0d2b9a3"
 
 
-def _pump_uuid(n):
+def pump_uuid(n):
     return "6a1f%04x-3b9e-4c2d-8f5a-7e41c0d2b9a3" % n
 
 
@@ -241,9 +241,6 @@ class Radio:
         self.pairing_until_ms = self.app.clock.now_ms() + PAIRING_WINDOW_MS
         self.app.note("ble_pairing_window", PAIRING_WINDOW_MS)
 
-    def pairing_open(self):
-        return self._window_open()
-
     # ---- set-up ----
 
     def _register(self):
@@ -254,7 +251,7 @@ class Radio:
             (U(0x2A26), _READ),
         ))  # fmt: skip
         bas = (U(0x180F), ((U(0x2A19), _READ | _NOTIFY | _READ_ENC),))
-        pump = (U(PUMP_SERVICE), tuple((U(_pump_uuid(n)), flags) for _ch, n, flags in CHARS))
+        pump = (U(PUMP_SERVICE), tuple((U(pump_uuid(n)), flags) for _ch, n, flags in CHARS))
         (h_dis, h_bas, h_pump) = ble.gatts_register_services((dis, bas, pump))
         for h, text in zip(h_dis, self.info):
             ble.gatts_write(h, text.encode() if isinstance(text, str) else text)
@@ -413,7 +410,7 @@ class Radio:
         # the number in its log (a bench board's console) and accepts. Anything else is
         # refused: outside the window, and any other method (the pump has no display, and a
         # passkey it answered with would be a fixed one a central could type) drops the link.
-        ok = action == _PASSKEY_NUMERIC_COMPARISON and self.pairing_open()
+        ok = action == _PASSKEY_NUMERIC_COMPARISON and self._window_open()
         self.app.note("ble_pairing", conn, action, passkey, ok)
         if ok:
             # The bond's keys are stored at the end of this pairing, which SMP ends within

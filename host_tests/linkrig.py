@@ -12,11 +12,21 @@ PUMP_ID = b"ITB-SIM-0001"
 KEYS = {K.CLINICIAN: bytes(range(32)), K.PATIENT: bytes(range(100, 132))}
 HANDLE = 1
 # What each control point's records come on.
-DATA_OF = {SV.CH_STATUS_CP: SV.CH_COMMAND_DATA, SV.CH_COMMAND_CP: SV.CH_COMMAND_DATA,
-           SV.CH_RACP: SV.CH_HISTORY_DATA}  # fmt: skip
+DATA_OF = SV.DATA_CHAR
 
 
 OPEN = []  # rigs not yet closed (a test fixture closes them)
+
+
+def therapy(sup):
+    """What a refused command must not change, and time alone does not: the programme,
+    mode, limits, strengths, what is staged, the boluses running or granted, the alarms
+    and their acknowledgements, the refill, the reservoir's threshold and the clock."""
+    eng = sup.engine
+    return (None if eng.rx is None else eng.rx.key(), eng.mode, eng.lim.as_tuple(), eng.conc,
+            eng.next_conc(), None if sup.staged is None else sup.staged.key(),
+            eng.streams(), list(eng._patient_starts), sup.alarms.active(),
+            sup.refill_status(), sup.reservoir.low_nl, sup.wall_off_ms)  # fmt: skip
 
 
 class Rig:
@@ -118,12 +128,4 @@ class Rig:
         return reply
 
     def state(self):
-        """What a refused command must not change, and time alone does not: the programme,
-        mode, limits, strengths, what is staged, the boluses running or granted, the alarms
-        and their acknowledgements, the refill, the reservoir's threshold and the clock."""
-        sup = self.vp.sup
-        eng = sup.engine
-        return (None if eng.rx is None else eng.rx.key(), eng.mode, eng.lim.as_tuple(), eng.conc,
-                eng.next_conc(), None if sup.staged is None else sup.staged.key(),
-                eng.streams(), list(eng._patient_starts), sup.alarms.active(),
-                sup.refill_status(), sup.reservoir.low_nl, sup.wall_off_ms)  # fmt: skip
+        return therapy(self.vp.sup)

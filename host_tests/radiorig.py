@@ -15,8 +15,7 @@ from tools.linkclient import Client
 PUMP_ID = b"ITB-SIM-0001"
 KEYS = {K.CLINICIAN: bytes(range(32)), K.PATIENT: bytes(range(100, 132))}
 CHAR_NO = {ch: n for ch, n, _flags in RADIO.CHARS}
-DATA_OF = {SV.CH_STATUS_CP: SV.CH_COMMAND_DATA, SV.CH_COMMAND_CP: SV.CH_COMMAND_DATA,
-           SV.CH_RACP: SV.CH_HISTORY_DATA}  # fmt: skip
+DATA_OF = SV.DATA_CHAR
 STEP_MS = 10
 
 
@@ -30,7 +29,7 @@ class RadioRig:
         self.scen = S.Scenario(seed=seed, keys=KF.encode(PUMP_ID, KEYS), ble_api=ble_api)
         self.vp = self.scen.vp
         self.run(100)
-        self.handles = {ch: BT._handle_of(BT.UUID(RADIO._pump_uuid(n)))
+        self.handles = {ch: BT._handle_of(BT.UUID(RADIO.pump_uuid(n)))
                         for ch, n in CHAR_NO.items()}  # fmt: skip
 
     def close(self):

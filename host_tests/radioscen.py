@@ -10,7 +10,6 @@ from host_tests.radiorig import BT, RadioRig
 from link import codes as K
 from link import service as SV
 from link import wire as W
-from pump import reasons as R
 from pump import rx as RX
 
 _IO_KEYBOARD_ONLY = 2
@@ -292,5 +291,3 @@ def run(scenario):
     finally:
         rig.close()
 
-
-__all__ = ["SCENARIOS", "run", "R"]

@@ -12,6 +12,7 @@ import radio as RADIO
 from boards.sim import ble_bumble as BB
 from boards.sim import realtime
 from host_tests import appscen as S
+from host_tests import linkrig
 from host_tests.blecentral import IO_NONE, Central
 from link import codes as K
 from link import keys as KF
@@ -90,12 +91,7 @@ class Bench:
             await s.start()
 
     def therapy(self):
-        sup = self.vp.sup
-        eng = sup.engine
-        return (eng.rx.key() if eng.rx else None, eng.mode, eng.lim.as_tuple(), eng.conc,
-                eng.streams(), list(eng._patient_starts), sup.alarms.active(),
-                sup.refill_status(), sup.staged.key() if sup.staged else None,
-                dict(sup.counters))  # fmt: skip
+        return linkrig.therapy(self.vp.sup), dict(self.vp.sup.counters)
 
     async def replay_all(self):
         """Replay every frame the test's sessions wrote (commands first, then the

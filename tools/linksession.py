@@ -6,21 +6,19 @@ Every frame written is kept in `sent` (the end-to-end tests replay them all)."""
 
 import asyncio
 
-from link import codes as K
+import radio as RADIO
 from link import service as SV
 from tools.linkclient import Client, ProtocolError
 
-PUMP_SERVICE = "6a1f0000-3b9e-4c2d-8f5a-7e41c0d2b9a3"
-CHAR_NO = {SV.CH_STATUS: 1, SV.CH_CHANGED: 2, SV.CH_ALARM: 3, SV.CH_FEATURES: 4,
-           SV.CH_STATUS_CP: 5, SV.CH_COMMAND_CP: 6, SV.CH_COMMAND_DATA: 7, SV.CH_RACP: 8,
-           SV.CH_HISTORY_DATA: 9, SV.CH_AUTH_CP: 10}  # fmt: skip
-DATA_OF = {SV.CH_STATUS_CP: SV.CH_COMMAND_DATA, SV.CH_COMMAND_CP: SV.CH_COMMAND_DATA,
-           SV.CH_RACP: SV.CH_HISTORY_DATA}  # fmt: skip
+# The pump's GATT layout as the firmware declares it (firmware/radio.py).
+PUMP_SERVICE = RADIO.PUMP_SERVICE
+CHAR_NO = {ch: n for ch, n, _flags in RADIO.CHARS}
+DATA_OF = SV.DATA_CHAR
 TIMEOUT_S = 10.0
 
 
 def uuid_of(ch):
-    return "6a1f%04x-3b9e-4c2d-8f5a-7e41c0d2b9a3" % CHAR_NO[ch]
+    return RADIO.pump_uuid(CHAR_NO[ch])
 
 
 class Session:
@@ -69,5 +67,3 @@ class Session:
     async def read(self, ch):
         return await self.gatt.read(uuid_of(ch))
 
-
-__all__ = ["K", "Session", "uuid_of"]

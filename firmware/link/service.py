@@ -36,7 +36,7 @@ _OPS = {CH_STATUS_CP: K.STATUS_OPS, CH_COMMAND_CP: K.COMMAND_OPS, CH_RACP: K.RAC
 # Ops that change nothing: their log entries need no commit of their own.
 _READS = (K.GET_STATUS, K.GET_PROGRAMME, K.GET_LIMITS, K.GET_ALARMS, K.GET_REFILL,
           K.RESET_CHANGED, K.RACP_REPORT, K.RACP_COUNT, K.RACP_ABORT)  # fmt: skip
-_DATA_CHAR = {CH_STATUS_CP: CH_COMMAND_DATA, CH_COMMAND_CP: CH_COMMAND_DATA,
+DATA_CHAR = {CH_STATUS_CP: CH_COMMAND_DATA, CH_COMMAND_CP: CH_COMMAND_DATA,
               CH_RACP: CH_HISTORY_DATA}  # fmt: skip
 
 SESSION_IDLE_MS = const(300_000)  # a session not used for 5 min ends
@@ -220,9 +220,10 @@ class Service:
             return result
         digest = W.EMPTY_DIGEST
         if data:
-            digest = await self._records(c, _DATA_CHAR[ch], data)
-            if digest is None:
+            h = W.sha256()
+            if not await self._records(c, DATA_CHAR[ch], data, h):
                 return None  # the link failed under the records: no response to send
+            digest = h.digest()
         await self._respond(c, ch, s, resp_op, op, counter, result, digest)
         return result
 
@@ -527,41 +528,29 @@ class Service:
                           digest)  # fmt: skip
         return await self.send(c.handle, ch, W.seal(body, self._next_out(c, ch)), True)
 
-    async def _records(self, c, ch, data):
-        """Send data as sealed notifications sized to the MTU; the SHA-256 of data, or None if
-        the link failed under it."""
-        h = W.sha256()
+    async def _records(self, c, ch, data, h):
+        """Send data as sealed notifications sized to the MTU, adding it to the hash h; False
+        if the link failed under it."""
         size = c.mtu - 3 - W.E2E_LEN
         for piece in W.chunks(data, size):
             h.update(piece)
             if not self._live(c):
-                return None
+                return False
             if not await self.send(c.handle, ch, W.seal(piece, self._next_out(c, ch)), False):
-                return None
-        return h.digest()
+                return False
+        return True
 
     async def _report(self, c, s, counter, operand):
         """RACP report: the raw log records with first <= seq <= last, streamed on History
         Data, then the response (its MAC covers all of them)."""
         first, last = struct.unpack("<II", operand)
         h = W.sha256()
-        n = 0
-        size = c.mtu - 3 - W.E2E_LEN
         result = K.SUCCESS
         for raw in self.app.history(first, last):
             if c.abort:
                 result = K.REFUSED  # aborted: the response says the report is incomplete
                 break
-            n += 1
-            for piece in W.chunks(raw, size):
-                h.update(piece)
-                if not self._live(c):
-                    return None
-                if not await self.send(c.handle, CH_HISTORY_DATA,
-                                       W.seal(piece, self._next_out(c, CH_HISTORY_DATA)),
-                                       False):  # fmt: skip
-                    return None
-            if self.conns.get(c.handle) is not c:
+            if not await self._records(c, CH_HISTORY_DATA, raw, h):
                 return None
         await self._respond(c, CH_RACP, s, K.RACP_RESPONSE, K.RACP_REPORT, counter, result,
                             h.digest())  # fmt: skip

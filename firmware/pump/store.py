@@ -108,6 +108,11 @@ def _segment_name(first_seq):
     return "%s/%08x.seg" % (LOG_DIR, first_seq)
 
 
+def _segment_first(path):
+    """The first sequence number of a segment, from its name (_segment_name's inverse)."""
+    return int(path[len(LOG_DIR) + 1 : -4], 16)
+
+
 class EventLog:
     """Append-only records, each with a sequence number that never resets, the wall time, a
     CRC, and the hash of the record before it. Segments of up to seg_bytes; when there are
@@ -213,9 +218,9 @@ class EventLog:
         record that does not parse ends its segment, as in scan()."""
         segs = self.segments()
         for i, path in enumerate(segs):
-            if i + 1 < len(segs) and int(segs[i + 1][len(LOG_DIR) + 1 : -4], 16) <= first:
+            if i + 1 < len(segs) and _segment_first(segs[i + 1]) <= first:
                 continue  # the next segment starts at or before first: nothing here
-            if int(path[len(LOG_DIR) + 1 : -4], 16) > last:
+            if _segment_first(path) > last:
                 return
             try:
                 buf = _read(self.fs, path)
@@ -290,7 +295,7 @@ class EventLog:
         while len(segs) + 1 > self.max_segments:
             path = segs.pop(0)
             last_seq, last_hash = _last_record(_read(self.fs, path))
-            first_seq = int(path[len(LOG_DIR) + 1 : -4], 16)
+            first_seq = _segment_first(path)
             rec = bytearray()
             self._add(rec, wall_ms, "log_rotated", (first_seq, last_seq, last_hash))
             self._flush(rec)
