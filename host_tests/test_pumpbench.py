@@ -265,11 +265,15 @@ def test_run_checks_the_analysis_options_before_the_test(capsys, tmp_path, dry, 
 @pytest.mark.parametrize(
     ("args", "words"),
     [
-        (["--rate-ul-h", "10"], "needs --balance PORT and --board PORT"),
+        (["--rate-ul-h", "10"], "needs the pump: --board PORT, --ble ADDRESS or --sim-radio"),
+        (["--rate-ul-h", "10", "--board", "b"], "needs --balance PORT"),
         ([], "either --rate-ul-h"),
         (["--rate-ul-h", "10", "--boluses", "3", "--bolus-ul", "5"], "either --rate-ul-h"),
         (["--boluses", "3"], "--bolus-ul"),
-        (["--rate-ul-h", "10", "--ble", "ITB-0001"], "not available in pumpbench yet"),
+        (["--rate-ul-h", "10", "--ble", "AA:BB"], "needs the clinician's key file: --key FILE"),
+        (["--rate-ul-h", "10", "--ble", "AA:BB", "--board", "b"], "not --board and --ble"),
+        (["--rate-ul-h", "10", "--board", "b", "--key", "k"], "are for --ble or --sim-radio"),
+        (["--rate-ul-h", "10", "--ble", "AA", "--key", "k", "--bonds", "b"], "--bonds is for"),
     ],
 )
 def test_run_usage_errors(capsys, args, words):
@@ -409,6 +413,9 @@ class BolusRig:
         self.density = density
         self.calls = []
 
+    def describe(self):
+        return "a fake board"
+
     def bolus(self, volume_ul, duration_s):
         self.calls.append((volume_ul, duration_s))
         self.mass += Fraction(volume_ul) * Fraction(103, 100) / 1000 * self.density
@@ -500,10 +507,15 @@ def test_continuous_output_is_read_as_it_comes(tmp_path):
 def test_the_bench_rig_figures(tmp_path):
     from tools import bench_rig
 
-    m = bench_rig.metrics(tmp_path, hours=3)
+    m = bench_rig.metrics(tmp_path, hours=3, bolus_count=5)
     assert set(m) == {"bench.sim_overall_error_pct", "bench.sim_ep2_max_pct",
                       "bench.sim_ep2_min_pct", "bench.ep2_bound_ratio",
-                      "bench.ep2_bound_spread_pct", "bench.sim_hours"}  # fmt: skip
+                      "bench.ep2_bound_spread_pct", "bench.sim_hours",
+                      "bench.sim_bolus_mean_error_pct", "bench.sim_bolus_max_error_pct",
+                      "bench.sim_bolus_min_error_pct"}  # fmt: skip
+    bol = json.loads((tmp_path / "boluses" / "report.json").read_text())["bolus"]
+    assert bol["boluses"] == 5
+    assert m["bench.sim_bolus_max_error_pct"] == pytest.approx(float(bol["max_error_pct"]))
     rep = json.loads((tmp_path / "report.json").read_text())["trumpet"]
     w2 = next(w for w in rep["windows"] if w["p_min"] == 2)
     assert m["bench.sim_ep2_max_pct"] == pytest.approx(w2["ep_max_pct"], abs=1e-4)
@@ -527,3 +539,37 @@ def test_the_virtual_pump_delivers_within_ten_percent_over_any_24_hours(tmp_path
     assert -10 < day.ep_min <= day.ep_max < 10
     # ... and, tighter, within the day's quantisation band plus the balance's evaporation.
     assert day.bound.low_pct - 1 <= day.ep_min and day.ep_max <= day.bound.high_pct + 1
+
+
+def test_a_bolus_test_on_the_virtual_pump(tmp_path, capsys):
+    # 25 clinician boluses of 20 uL on the plant model, each weighed by the simulated balance.
+    rc, out, err = cli(capsys, "sim", "--boluses", "25", "--bolus-ul", "20", "--bolus-s", "300",
+                       "--out", tmp_path)  # fmt: skip
+    assert rc == 0, err
+    rep = json.loads((tmp_path / "report.json").read_text())
+    bol = rep["bolus"]
+    assert bol["boluses"] == 25 and rep["stopped"] is None
+    assert out.count("bolus ") >= 25 and "25 boluses of 20 uL: mean error" in out
+    rows = (tmp_path / "boluses.csv").read_text().splitlines()
+    assert rows[1] == "n,before_g,after_g" and len(rows) == 27
+    # A bolus is a whole number of pulses: 30 or 31 of 660.52 nL for 20 uL (-0.93 % or
+    # +2.36 %), give or take the balance's noise and resolution (3 ug on 20 mg: 0.015 %), its
+    # evaporation (0.02 mg/h over 7 min: 0.01 %) and the basal flow (0.25 uL/h: 0.15 %).
+    pulse = PB.reference_pulse_nl()
+    for e in bol["errors_pct"]:
+        pulses = min((30, 31), key=lambda n: abs(float(e) - float(100 * (n * pulse - 20_000)
+                                                                   / 20_000)))
+        assert abs(float(e) - float(100 * (pulses * pulse - 20_000) / 20_000)) < 0.2, e
+    # The scheduler carries what a bolus owes to the next: over 25 boluses the mean error is
+    # within one pulse in 25 boluses of zero (plus the same small terms).
+    assert abs(float(bol["mean_error_pct"])) < float(100 * pulse / (25 * 20_000)) + 0.2
+
+
+def test_a_bolus_the_virtual_pump_refuses_ends_the_sim_with_its_reason(tmp_path, capsys):
+    rc, out, err = cli(capsys, "sim", "--boluses", "3", "--bolus-ul", "20", "--bolus-s", "60",
+                       "--out", tmp_path)  # fmt: skip
+    assert rc == 1
+    assert one_sentence(err) == ("pumpbench: The bolus series stopped after 0 of 3 boluses: the "
+                                 "virtual pump refused clinician bolus (bolus.duration_s: would "
+                                 "exceed the maximum rate).")
+    assert json.loads((tmp_path / "report.json").read_text())["bolus"]["boluses"] == 0

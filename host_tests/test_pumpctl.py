@@ -7,7 +7,6 @@ import json
 import os
 import re
 import signal
-import socket
 import stat
 import struct
 import subprocess
@@ -21,6 +20,7 @@ import pytest
 from bleak.exc import BleakGATTProtocolError
 from click.testing import CliRunner
 
+from host_tests.simpump import PUMP_ID, SimPump, free_port
 from itbtools import gatt_bleak as GB
 from itbtools import gatt_bumble as GBU
 from itbtools import pumpctl as CTL
@@ -33,49 +33,9 @@ from pump import rx as RX
 from tools import provision as P
 
 ROOT = Path(__file__).resolve().parent.parent
-PUMP_ID = "ITB-CTL-1"
 # The programme files' patient bolus is the demo's, so the lockout test means the same
 # whichever programme runs.
 PATIENT = {"dose_ug": 15, "duration_min": 10, "lockout_min": 180, "max_per_24h": 4}
-
-
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class SimPump:
-    """tools/sim_radio.py with fresh keys on a free port, paired once by pumpctl."""
-
-    def __init__(self, folder):
-        self.dir = folder
-        self.paths = P.provision(PUMP_ID, folder)
-        self.spec = "127.0.0.1:%d" % _free_port()
-        self.bonds = folder / "bonds.json"
-        self.proc = subprocess.Popen(
-            [sys.executable, str(ROOT / "tools" / "sim_radio.py"), "--keys",
-             str(self.paths["pump"]), "--listen", self.spec, "--minutes", "60"],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-            cwd=ROOT,
-        )  # fmt: skip
-        line = self.proc.stdout.readline()
-        assert "serving BLE at tcp-server:%s" % self.spec in line, (line, self.proc.stderr.read())
-        self.paired = self.ctl("--yes", "pair", key=None)
-
-    def ctl(self, *args, key="clinician", input=None, bonds=None, address=None):
-        """pumpctl in this process, as a user at a terminal would run it."""
-        argv = ["--address", address or self.spec, "--bonds", str(bonds or self.bonds)]
-        if key is not None:
-            argv += ["--key", str(self.paths.get(key, key))]
-        return CliRunner().invoke(CTL.cli, argv + list(args), input=input)
-
-    def close(self):
-        self.proc.terminate()
-        try:
-            self.proc.wait(10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
 
 
 @pytest.fixture(scope="module")
@@ -364,7 +324,7 @@ def test_an_unreadable_key_file(pump, tmp_path):
 
 
 def test_no_pump_listening(pump):
-    spec = "127.0.0.1:%d" % _free_port()
+    spec = "127.0.0.1:%d" % free_port()
     line = failed(pump.ctl("status", address=spec), CTL.EXIT_LINK)
     assert line == ("pumpctl: No virtual pump is listening at %s: start one with "
                     "`make sim-radio`." % spec)  # fmt: skip

@@ -32,6 +32,7 @@ from itbtools import trumpet as T
 ROOT = Path(__file__).resolve().parent.parent
 EXIT_PARTIAL = 1
 EXIT_USAGE = 2
+SLEEP = time.sleep  # the bolus series' waits (a test against an accelerated pump shortens them)
 
 # The reference rig's pulse (boards/sim and firmware/rig.py share its geometry): one full step of
 # a 10 mL syringe of 14.5 mm bore on an M5 lead screw, 660.520 nL (exact fraction below).
@@ -473,6 +474,56 @@ def run_sim(out, rate, hours, seed, out_dir, interval_s, density, start_min, end
     return rep, d, acq
 
 
+class SimBoard:
+    """A SimRig's virtual pump as the bolus series' board: clinician boluses by request."""
+
+    def __init__(self, rig):
+        self.rig = rig
+
+    def describe(self):
+        return "the virtual pump on the plant model (in this process)"
+
+    def bolus(self, volume_ul, duration_s):
+        conc = self.rig.conc
+        ng = bolus_dose_ng(volume_ul, conc)
+        self.rig._ask("clinician_bolus", ng, duration_s)
+        return Fraction(ng, conc), {"conc": conc, "dose_ng": ng}
+
+
+# The basal rate of a bolus test on the virtual pump: the pump's slowest flow (6 uL/day), so that
+# what runs between weighings adds least to each bolus (docs/bench-tests.md, "A bolus test").
+SIM_BOLUS_BASAL_UL_H = Fraction(1, 4)
+
+
+def run_sim_boluses(out, count, volume_ul, bolus_s, settle_s, seed, out_dir, density,
+                    balance_opts):  # fmt: skip
+    """A bolus series on the virtual pump weighed by the simulated balance; the BolusReport."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    rig = SimRig(SIM_BOLUS_BASAL_UL_H, seed, density, balance_opts["start_g"])
+    sb = B.SimBalance(rig.mass_g, rig.now_s, resolution_g=balance_opts["resolution_g"],
+                      noise_g=balance_opts["noise_g"],
+                      evaporation_mg_h=balance_opts["evaporation_mg_h"],
+                      capacity_g=balance_opts["capacity_g"], seed=seed,
+                      garbage=balance_opts.get("garbage", 0.0),
+                      dropout=balance_opts.get("dropout", 0.0),
+                      dead_after_s=balance_opts.get("dead_after_s"))  # fmt: skip
+    bal = B.Balance(sb, rig.now_s, B.Parser(silence_s=balance_opts.get("silence_s", 120)))
+    meta = {"command": "pumpbench sim --boluses", "basal_ul_h": _num(SIM_BOLUS_BASAL_UL_H, 6),
+            "strength_ug_per_ml": rig.conc, "seed": seed,
+            "pulse_nl": _num(reference_pulse_nl(), 6),
+            "balance": " ".join("%s=%s" % kv for kv in sorted(balance_opts.items()))}  # fmt: skip
+
+    def sleep(s):
+        rig.run_to(rig.now_s() + T.exact(s))
+
+    try:
+        run_boluses(out, bal, SimBoard(rig), count, volume_ul, bolus_s, settle_s, density,
+                    out_dir, clock=rig.now_s, sleep=sleep, meta=meta)  # fmt: skip
+    finally:
+        rig.stop()
+    return json.loads((out_dir / "report.json").read_text())["bolus"]
+
+
 # ---- the real rig ----
 
 
@@ -536,6 +587,15 @@ class ReplBoard:
     def command(self, snippet):
         return [self.mpremote, "connect", self.port, "exec", snippet, "+", "reset"]
 
+    def describe(self):
+        return "the board on %s (serial REPL through mpremote)" % self.port
+
+    def plan(self, rate, volume_ul, bolus_s):
+        """What a dry run shows: the command line and the snippet run for each request."""
+        snippet = rate_snippet(rate) if rate is not None else bolus_snippet(volume_ul, bolus_s)
+        return ["  " + " ".join(_quote(a) for a in self.command("<snippet>")), "snippet:",
+                snippet.rstrip("\n")]  # fmt: skip
+
     def _do(self, snippet, what):
         cmd = self.command(snippet)
         try:
@@ -574,9 +634,10 @@ def _mpremote():
 
 
 def bolus_series(bal, board, log_rows, clock, sleep, count, volume_ul, duration_s, settle_s,
-                 stable_timeout_s=60):  # fmt: skip
+                 stable_timeout_s=60, on_row=None):  # fmt: skip
     """count boluses, each weighed stable before and after; returns ((before, after) list, the
-    set volume in uL, a sentence if the series stopped early)."""
+    set volume in uL, a sentence if the series stopped early). on_row(n, before, after, set_ul)
+    as each bolus is weighed (the live display)."""
     pairs = []
     set_ul = None
 
@@ -613,6 +674,8 @@ def bolus_series(bal, board, log_rows, clock, sleep, count, volume_ul, duration_
         pairs.append((before, after))
         log_rows.write("%d,%s,%s\n" % (i + 1, before, after))
         log_rows.flush()
+        if on_row is not None:
+            on_row(i + 1, before, after, set_ul)
     return pairs, set_ul, None
 
 
@@ -757,11 +820,25 @@ def report_bolus(out, pairs, volume_ul, density):
               help="share of balance commands left unanswered")
 @click.option("--balance-dies-after-min", default=None, hidden=True,
               help="the simulated balance stops answering then (a test of the failure path)")
+@click.option("--boluses", default=None, type=int,
+              help="a bolus test instead: this many clinician boluses (basal 0.25 uL/h)")
+@click.option("--bolus-ul", default=None, help="volume of each bolus (uL)")
+@click.option("--bolus-s", default=300, show_default=True, type=int,
+              help="duration of each bolus (s)")
+@click.option("--settle-s", default=120, show_default=True, type=int,
+              help="wait after each bolus before weighing (s)")
 @_common_analysis
 def sim(rate_ul_h, hours, seed, out_dir, resolution_g, noise_g, evaporation_mg_h, garbage,
-        dropout, balance_dies_after_min, density, interval_s, analysis_start_min,
-        analysis_end_min, windows, no_plots):  # fmt: skip
-    """The whole pipeline on the virtual pump with a simulated balance."""
+        dropout, balance_dies_after_min, boluses, bolus_ul, bolus_s, settle_s, density,
+        interval_s, analysis_start_min, analysis_end_min, windows, no_plots):  # fmt: skip
+    """The whole pipeline on the virtual pump with a simulated balance: a rate test, or a bolus
+    test with --boluses and --bolus-ul."""
+    if boluses is not None and (bolus_ul is None or boluses < 1):
+        raise BenchError("A bolus test needs --boluses of at least 1 and --bolus-ul", EXIT_USAGE)
+    if boluses is None and bolus_ul is not None:
+        raise BenchError("--bolus-ul needs --boluses", EXIT_USAGE)
+    if bolus_s < 1 or settle_s < 0:
+        raise BenchError("--bolus-s must be at least 1 and --settle-s not negative", EXIT_USAGE)
     rate = _decimal_option(rate_ul_h, "--rate-ul-h")
     hrs = _decimal_option(hours, "--hours")
     dens = _decimal_option(density, "--density")
@@ -782,6 +859,10 @@ def sim(rate_ul_h, hours, seed, out_dir, resolution_g, noise_g, evaporation_mg_h
         opts["dead_after_s"] = _decimal_option(balance_dies_after_min,
                                                "--balance-dies-after-min") * 60
     out = console()
+    if boluses is not None:
+        vol = _decimal_option(bolus_ul, "--bolus-ul")
+        run_sim_boluses(out, boluses, vol, bolus_s, settle_s, seed, out_dir, dens, opts)
+        return 0
     rep, _d, acq = run_sim(out, rate, hrs, seed, out_dir, dt, dens, start, end, wins, opts,
                            plots=not no_plots)  # fmt: skip
     if acq.stopped:
@@ -801,12 +882,21 @@ def sim(rate_ul_h, hours, seed, out_dir, resolution_g, noise_g, evaporation_mg_h
               help="poll: SI every interval; continuous: SIR output, resampled")
 @click.option("--board", "board_port", default=None,
               help="the pump board's serial port (commanded through mpremote)")
-@click.option("--ble", "ble_pump", default=None, help="command the pump over BLE instead")
+@click.option("--ble", "ble_address", default=None, metavar="ADDRESS",
+              help="command the pump over BLE instead (bleak; the device address)")
+@click.option("--sim-radio", "sim_radio", default=None, metavar="HOST:PORT",
+              help="command the virtual pump's radio (make sim-radio) over BLE instead")
+@click.option("--key", "key_path", default=None, metavar="FILE",
+              help="the clinician's key file, for --ble and --sim-radio")
+@click.option("--bonds", "bond_file", default=None, metavar="FILE",
+              help="pumpctl's bond file, for --sim-radio [pumpctl's default]")
+@click.option("--confirm-increase", is_flag=True,
+              help="over BLE: confirm a rate whose daily dose rises beyond the pump's step")
 @click.option("--rate-ul-h", default=None, help="run this continuous rate (uL/h)")
 @click.option("--hours", default="2", show_default=True, help="length of a rate test (h)")
 @click.option("--boluses", default=None, type=int, help="run this many boluses instead")
 @click.option("--bolus-ul", default=None, help="volume of each bolus (uL)")
-@click.option("--bolus-s", default=60, show_default=True, type=int,
+@click.option("--bolus-s", default=300, show_default=True, type=int,
               help="duration of each bolus (s)")
 @click.option("--settle-s", default=120, show_default=True, type=int,
               help="wait after each bolus before weighing (s)")
@@ -816,18 +906,16 @@ def sim(rate_ul_h, hours, seed, out_dir, resolution_g, noise_g, evaporation_mg_h
               help="report folder (default build/pumpbench-run-<date>)")
 @click.option("--dry-run", is_flag=True, help="print what would be done; touch no port")
 @_common_analysis
-def run(balance_port, baud, balance_mode, board_port, ble_pump, rate_ul_h, hours, boluses,
-        bolus_ul, bolus_s, settle_s, silence_s, out_dir, dry_run, density, interval_s,
-        analysis_start_min, analysis_end_min, windows, no_plots):  # fmt: skip
+def run(balance_port, baud, balance_mode, board_port, ble_address, sim_radio, key_path,
+        bond_file, confirm_increase, rate_ul_h, hours, boluses, bolus_ul, bolus_s, settle_s,
+        silence_s, out_dir, dry_run, density, interval_s, analysis_start_min, analysis_end_min,
+        windows, no_plots):  # fmt: skip
     """A test on the real rig: the board runs a rate (or boluses), the balance is logged live."""
     if (rate_ul_h is None) == (boluses is None):
         raise BenchError("Give either --rate-ul-h (a rate test) or --boluses with --bolus-ul",
                          EXIT_USAGE)
     if boluses is not None and (bolus_ul is None or boluses < 1):
         raise BenchError("A bolus test needs --boluses of at least 1 and --bolus-ul", EXIT_USAGE)
-    if ble_pump is not None:
-        raise BenchError("Driving the pump over BLE is not available in pumpbench yet; use "
-                         "--board PORT (the serial REPL)", EXIT_USAGE)
     dens = _decimal_option(density, "--density")
     dt = _decimal_option(interval_s, "--interval-s")
     hrs = _decimal_option(hours, "--hours")
@@ -838,13 +926,13 @@ def run(balance_port, baud, balance_mode, board_port, ble_pump, rate_ul_h, hours
     if out_dir is None:
         out_dir = ROOT / "build" / ("pumpbench-run-" + time.strftime("%Y%m%d-%H%M%S"))
     out = console()
-    board_port_shown = board_port or "<--board PORT>"
-    board = ReplBoard(board_port_shown)
+    board = pump_board(board_port, ble_address, sim_radio, key_path, bond_file,
+                       confirm_increase, dry_run)  # fmt: skip
     if dry_run:
         return dry_run_plan(out, board, balance_port, baud, balance_mode, rate, hrs, dt,
                             boluses, vol, bolus_s, settle_s, out_dir)  # fmt: skip
-    if not balance_port or not board_port:
-        raise BenchError("A test on the rig needs --balance PORT and --board PORT", EXIT_USAGE)
+    if not balance_port:
+        raise BenchError("A test on the rig needs --balance PORT", EXIT_USAGE)
     bal = _open_balance(balance_port, baud, silence_s)
     out_dir.mkdir(parents=True, exist_ok=True)
     if boluses is not None:
@@ -858,7 +946,7 @@ def run(balance_port, baud, balance_mode, board_port, ble_pump, rate_ul_h, hours
             "rate_ul_h_set": _num(set_rate, 6), "programme_ng_per_day": res["rate_ng_per_day"],
             "strength_ug_per_ml": res["conc"], "density_g_ml": _num(dens, 6),
             "interval_s": _num(dt, 6), "hours": _num(hrs, 6), "balance_port": balance_port,
-            "board_port": board_port, "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}  # fmt: skip
+            "pump": board.describe(), "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}  # fmt: skip
     log = B.CsvLog(out_dir / "balance.csv", meta, sync=True)
     live, show = live_display(out, float(hrs * 3600))
 
@@ -894,6 +982,35 @@ def run(balance_port, baud, balance_mode, board_port, ble_pump, rate_ul_h, hours
     return 0
 
 
+def pump_board(board_port, ble_address, sim_radio, key_path, bond_file, confirm_increase,
+               dry_run=False):  # fmt: skip
+    """The pump to command: ReplBoard for --board, BleBoard for --ble or --sim-radio."""
+    given = [n for n, v in (("--board", board_port), ("--ble", ble_address),
+                            ("--sim-radio", sim_radio)) if v is not None]  # fmt: skip
+    if len(given) > 1:
+        raise BenchError("Give one way to reach the pump, not %s" % " and ".join(given),
+                         EXIT_USAGE)  # fmt: skip
+    radio = ble_address is not None or sim_radio is not None
+    if not radio:
+        if key_path or bond_file or confirm_increase:
+            raise BenchError("--key, --bonds and --confirm-increase are for --ble or "
+                             "--sim-radio", EXIT_USAGE)  # fmt: skip
+        if board_port is None and not dry_run:
+            raise BenchError("A test on the rig needs the pump: --board PORT, --ble ADDRESS or "
+                             "--sim-radio HOST:PORT", EXIT_USAGE)  # fmt: skip
+        return ReplBoard(board_port or "<--board PORT>")
+    if key_path is None and not dry_run:
+        raise BenchError("Commanding the pump over BLE needs the clinician's key file: "
+                         "--key FILE", EXIT_USAGE)  # fmt: skip
+    if bond_file is not None and sim_radio is None:
+        raise BenchError("--bonds is for --sim-radio (bleak keeps bonds in the system)",
+                         EXIT_USAGE)  # fmt: skip
+    from itbtools.bench_ble import BleBoard
+
+    transport, address = ("sim", sim_radio) if sim_radio is not None else ("ble", ble_address)
+    return BleBoard(transport, address, key_path, bond_file, BenchError, confirm_increase)
+
+
 def _open_balance(port, baud, silence_s):
     try:
         return B.Balance.open(port, time.monotonic, baud=baud, silence_s=silence_s)
@@ -901,20 +1018,29 @@ def _open_balance(port, baud, silence_s):
         raise BenchError(str(e)) from None
 
 
-def run_boluses(out, bal, board, count, volume_ul, bolus_s, settle_s, density, out_dir):
+def run_boluses(out, bal, board, count, volume_ul, bolus_s, settle_s, density, out_dir,
+                clock=time.monotonic, sleep=None, meta=None):  # fmt: skip
+    """A bolus series logged to boluses.csv and reported; raises BenchError if it stopped."""
     path = out_dir / "boluses.csv"
+    meta = dict(meta or {"command": "pumpbench run --boluses"}, pump=board.describe())
+
+    def row(n, before, after, set_ul):
+        err = T.bolus_accuracy([(before, after)], set_ul, density).errors[0]
+        out.print("bolus %d/%d: %s g -> %s g, error %s %%" % (n, count, before, after,
+                                                             _num(err, 2)))  # fmt: skip
+
     with open(path, "w") as f:
         f.write("# volume_ul: %s\nn,before_g,after_g\n" % volume_ul)
         f.flush()
         try:
-            pairs, set_ul, why = bolus_series(bal, board, f, time.monotonic, time.sleep, count,
-                                              volume_ul, bolus_s, settle_s)  # fmt: skip
+            pairs, set_ul, why = bolus_series(bal, board, f, clock, sleep or SLEEP, count,
+                                              volume_ul, bolus_s, settle_s, on_row=row)
         finally:
             bal.close()
     set_ul = volume_ul if set_ul is None else set_ul
     rep = report_bolus(out, pairs, set_ul, density)
-    write_outputs(out_dir, {"command": "pumpbench run --boluses", "bolus": rep.as_dict(),
-                            "stopped": why}, None)  # fmt: skip
+    meta.update(bolus=rep.as_dict(), stopped=why)
+    write_outputs(out_dir, meta, None)
     if why:
         why = why.strip().rstrip(".")
         raise BenchError("The bolus series stopped after %d of %d boluses: %s" % (
@@ -928,18 +1054,14 @@ def dry_run_plan(out, board, balance_port, baud, mode, rate, hrs, dt, boluses, v
     out.print("balance: %s at %d baud, 8N1, MT-SICS %s" % (
         balance_port or "<--balance PORT>", baud,
         "SI every %s s" % _num(dt) if mode == "poll" else "SIR continuous output, stopped by @"))
+    out.print("pump: %s" % board.describe())
     if rate is not None:
-        snippet = rate_snippet(rate)
-        out.print("board: program a continuous %s uL/h at the pump's own strength, then reset "
-                  "the board so therapy resumes from flash:" % _num(rate, 6))
+        out.print("program a continuous %s uL/h at the pump's own strength:" % _num(rate, 6))
     else:
-        snippet = bolus_snippet(vol, bolus_s)
-        out.print("board: %d clinician boluses of %s uL over %d s, each weighed stable (S) "
-                  "before and %d s after; per bolus:" % (boluses, _num(vol, 6), bolus_s,
-                                                         settle_s))  # fmt: skip
-    out.print("  " + " ".join(_quote(a) for a in board.command("<snippet>")))
-    out.print("snippet:")
-    out.print(snippet, markup=False)
+        out.print("%d clinician boluses of %s uL over %d s, each weighed stable (S) before and "
+                  "%d s after; per bolus:" % (boluses, _num(vol, 6), bolus_s, settle_s))
+    for line in board.plan(rate, vol, bolus_s):
+        out.print(line, markup=False)
     if rate is not None:
         n = int(hrs * 3600 // dt) + 1
         out.print("log: %d readings over %s h to %s, then the trumpet analysis and plots in %s"

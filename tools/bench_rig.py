@@ -9,6 +9,11 @@
                                at 2 min for the rig's pulse at that rate (goal <= 1.1)
   bench.ep2_bound_spread_pct   that band's width: 100 v / (r P)
   bench.sim_hours              the simulated run
+  bench.sim_bolus_mean_error_pct   `pumpbench sim --boluses 25 --bolus-ul 20 --bolus-s 300`: the
+  bench.sim_bolus_max_error_pct    mean, largest and smallest single-bolus errors (a 20 uL bolus
+  bench.sim_bolus_min_error_pct    is 30.28 pulses, so single boluses are 30 or 31 pulses:
+                                   -0.9 % or +2.4 %, and the mean is what the scheduler carries
+                                   over from one bolus to the next)
 
 Why 48 h: at 10 uL/h the reference rig makes one 660.52 nL pulse every 238 s, so the overall
 error A is itself quantised, within a band of width 100 v / (r T_A); over the 47 h analysis
@@ -34,6 +39,7 @@ RATE_UL_H = 10
 HOURS = 48
 SEED = 1
 OUT = ROOT / "build" / "bench-rig"
+BOLUSES, BOLUS_UL, BOLUS_S, SETTLE_S = 25, 20, 300, 120
 
 
 def run(out_dir=OUT, hours=HOURS, seed=SEED):
@@ -48,10 +54,22 @@ def run(out_dir=OUT, hours=HOURS, seed=SEED):
     return rep
 
 
-def metrics(out_dir=OUT, hours=HOURS):
+def boluses(out_dir, count=BOLUSES, seed=SEED):
+    """The sim's bolus test: its report dict (the `bolus` part of report.json)."""
+    quiet = Console(file=io.StringIO(), width=120)
+    return PB.run_sim_boluses(quiet, count, T.exact(BOLUS_UL), BOLUS_S, SETTLE_S, seed,
+                              Path(out_dir), T.DEFAULT_DENSITY,
+                              dict(PB.REFERENCE_BALANCE))  # fmt: skip
+
+
+def metrics(out_dir=OUT, hours=HOURS, bolus_count=BOLUSES):
     rep = run(out_dir, hours)
     w2 = rep.window(2)
+    bol = boluses(Path(out_dir) / "boluses", bolus_count)
     return {
+        "bench.sim_bolus_mean_error_pct": float(bol["mean_error_pct"]),
+        "bench.sim_bolus_max_error_pct": float(bol["max_error_pct"]),
+        "bench.sim_bolus_min_error_pct": float(bol["min_error_pct"]),
         "bench.sim_overall_error_pct": float(rep.overall),
         "bench.sim_ep2_max_pct": float(w2.ep_max),
         "bench.sim_ep2_min_pct": float(w2.ep_min),

@@ -9,7 +9,8 @@ tcp-server:<listen>. A program in another process runs a Bumble host on
 tcp-client:<host>:<port> and is a central on the same virtual radio link.
 
 The pump's button: the pairing window is open for the first 60 s; type `press` and Enter to
-press the button again (it also acknowledges alarms). `quit` or Ctrl-C stops the pump."""
+press the button again (it also acknowledges alarms). `accel N` runs N simulated ms per real ms
+from then on (pair first at 1: the window is 60 simulated s). `quit` or Ctrl-C stops the pump."""
 
 import argparse
 import asyncio
@@ -31,19 +32,23 @@ def say(line):
     print(line, flush=True)
 
 
-async def _console(vp, stop):
+async def _console(vp, stop, pace):
     # Lines from stdin, read in a thread so the loop keeps running.
     loop = asyncio.get_running_loop()
     while not stop.is_set():
         line = await loop.run_in_executor(None, sys.stdin.readline)
-        if not line or line.strip() in ("quit", "exit"):
+        words = line.split()
+        if not line or words[:1] in (["quit"], ["exit"]):
             stop.set()
             return
-        if line.strip() == "press":
+        if words == ["press"]:
             vp.button.press()
             say("sim-radio: button pressed: the pairing window is open for 60 s")
-        elif line.strip():
-            say("sim-radio: commands are `press` and `quit`")
+        elif len(words) == 2 and words[0] == "accel" and words[1].isdigit() and int(words[1]):
+            pace["accel"] = int(words[1])
+            say("sim-radio: %d simulated ms per real ms from now on" % pace["accel"])
+        elif words:
+            say("sim-radio: commands are `press`, `accel N` and `quit`")
 
 
 async def serve(keys, listen, accel, minutes, console=True):
@@ -53,10 +58,12 @@ async def serve(keys, listen, accel, minutes, console=True):
     vp.button.press()  # the window is open at the start, as after a press at the bench
     stop = asyncio.Event()
     until = None if minutes is None else vp.loop.now + minutes * 60_000
-    driver = asyncio.get_running_loop().create_task(realtime.drive(vp, accel, until))
+    pace = {"accel": accel}
+    driver = asyncio.get_running_loop().create_task(
+        realtime.drive(vp, lambda: pace["accel"], until))
     tasks = [driver]
     if console:
-        tasks.append(asyncio.get_running_loop().create_task(_console(vp, stop)))
+        tasks.append(asyncio.get_running_loop().create_task(_console(vp, stop, pace)))
     pump_id = KF.decode(keys)[0].decode()
     say("sim-radio: pump %s serving BLE at tcp-server:%s (a central connects with Bumble's "
         "tcp-client:%s); pairing window open for 60 s" % (pump_id, listen, listen))
