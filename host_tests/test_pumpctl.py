@@ -672,3 +672,25 @@ def test_the_bleak_transport_finds_by_address_and_says_when_nothing_is_there():
 
     assert asyncio.run(go()).startswith("No pump AA:BB:CC:DD:EE:01 is advertising nearby")
     assert _FakeScanner.asked[-1] == ("address", "AA:BB:CC:DD:EE:01")
+
+
+@pytest.mark.parametrize(
+    ("args", "line"),
+    [
+        (["--bogus"], "pumpctl: No such option '--bogus'. Did you mean '--bonds'?"),
+        (["status", "--x"], "pumpctl: No such option '--x'."),
+        (["program"], "pumpctl: Missing argument 'RX.json'."),
+        (["frobnicate"], "pumpctl: No such command 'frobnicate'."),
+        (["--transport", "wifi", "status"], "pumpctl: Invalid value for '--transport': 'wifi' "
+                                            "is not one of 'sim', 'ble'."),
+    ],
+)
+def test_clicks_own_usage_errors_are_one_line(args, line):
+    assert failed(CliRunner().invoke(CTL.cli, args), CTL.EXIT_USAGE) == line
+
+
+def test_the_help_still_shows_and_succeeds():
+    r = CliRunner().invoke(CTL.cli, ["--help"])
+    assert r.exit_code == 0 and "Commands:" in r.stdout and r.stderr == ""
+    r = CliRunner().invoke(CTL.cli, [])
+    assert r.exit_code == CTL.EXIT_USAGE and "Commands:" in r.stderr

@@ -401,7 +401,31 @@ def checked(fn, *args):
 # ---- the command line ---------------------------------------------------------------------
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class _OneLineErrors(click.Group):
+    """Click's own usage errors (an unknown option, a missing argument) as pumpctl's one line,
+    not click's three (usage, hint, error)."""
+
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, False, **extra)
+        try:
+            rv = super().main(args, prog_name, complete_var, False, **extra)
+        except click.exceptions.NoArgsIsHelpError as e:  # `pumpctl` alone: its help
+            click.echo(e.format_message(), err=True)
+            sys.exit(EXIT_USAGE)
+        except click.UsageError as e:
+            click.echo("pumpctl: %s" % e.format_message(), err=True)
+            sys.exit(EXIT_USAGE)
+        except click.ClickException as e:
+            click.echo("pumpctl: %s" % e.format_message(), err=True)
+            sys.exit(e.exit_code)
+        except click.Abort:
+            click.echo("pumpctl: Interrupted.", err=True)
+            sys.exit(EXIT_CANCELLED)
+        sys.exit(rv if isinstance(rv, int) else 0)
+
+
+@click.group(cls=_OneLineErrors, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--transport", type=click.Choice(["sim", "ble"]), default="sim", show_default=True,
               envvar="PUMPCTL_TRANSPORT",
               help="sim: a virtual pump (make sim-radio); ble: a real pump over this computer's "
@@ -1086,6 +1110,7 @@ def keys_new(opts, pump_id, out_dir):
 
 
 def main(argv=None):
+    """The console script; exits with pumpctl's exit codes."""
     try:
         return cli.main(args=argv, prog_name="pumpctl")
     except Failure as e:
