@@ -1,15 +1,21 @@
 # The bench rig's balance (itbtools/balance.py): the MT-SICS parser on recorded transcripts with
 # garbage, dynamic readings, overload, a cable pulled mid-line and times out of order; the port
-# wrapper, the simulated balance, and the CSV log that keeps every line written.
+# wrapper, the simulated balance, the CSV log that keeps every line written, and the transcripts
+# of the port (recorded through a real pty by tools/record_balance_transcripts.py).
 
+import os
+import re
+import tempfile
 from decimal import Decimal
 from fractions import Fraction
+from pathlib import Path
 
 import pytest
-from hypothesis import given
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from itbtools import balance as B
+from tools import record_balance_transcripts as R
 
 D = Decimal
 
@@ -422,3 +428,432 @@ def test_a_late_answer_is_flushed_and_cannot_shift_later_readings():
     # Without the flush the late answer to SI 1 would be read as SI 2's, and so on: 1, 2, 3.
     assert got == [D(2), D(3), D(4)]
     assert bal.flushed == len(b"S S      1.000000 g\r\n")
+
+
+# ---- transcripts ----
+
+DATA = Path(__file__).resolve().parent / "data" / "balance"
+RECORDED = sorted(R.SESSIONS)
+WEIGHT_LINE = re.compile(rb"^S [SD] +[-+0-9.]+ g$")
+
+
+def kinds(events):
+    return [e.kind for e in events]
+
+
+def problems(events):
+    return [e.kind for e in events if isinstance(e, B.Problem)]
+
+
+def readings(events):
+    return [e for e in events if isinstance(e, B.Reading)]
+
+
+def replayed(name):
+    """The stored transcript through replay() and through a Balance on a ReplayPort driven as
+    the live session was; both must agree."""
+    tr = B.read_transcript(DATA / ("%s.mtsics" % name))
+    silence_s = R.SESSIONS[name]["silence_s"]
+    fed = B.replay(tr, B.Parser(silence_s=silence_s))
+    port = B.ReplayPort(tr)
+    bal = B.Balance(port, port.clock, B.Parser(silence_s=silence_s))
+    driven = R.SESSIONS[name]["drive"](bal, port.wait_until)
+    assert port.mismatch is None
+    assert port.i == len(port.events), "the replayed session left events of the transcript over"
+    assert [(e.kind, e.t, getattr(e, "grams", None)) for e in driven] == \
+        [(e.kind, e.t, getattr(e, "grams", None)) for e in fed]  # fmt: skip
+    return tr, fed, bal
+
+
+def answers(tr):
+    """The complete lines the balance sent, read from the file itself (not by the parser)."""
+    data = b"".join(d for _t, k, d in tr if k == B.READ)
+    return [ln.rstrip(b"\r") for ln in data.split(b"\n")[:-1]]
+
+
+def test_the_polled_session_with_garbage():
+    tr, ev, _bal = replayed("polled")
+    sent = [d for _t, k, d in tr if k == B.WROTE]
+    lines = answers(tr)
+    weights = [ln for ln in lines if WEIGHT_LINE.match(ln)]
+    # 40 SI, 30 s apart; every line the balance sent is a weight or noise; three went unanswered.
+    assert sent == [b"SI\r\n"] * 40
+    assert len(readings(ev)) == len(weights) == 29
+    assert problems(ev) == [B.GARBAGE] * 8 == [B.GARBAGE] * (len(lines) - len(weights))
+    assert 40 - len(lines) == 3
+    # Each reading carries the time of its poll: strictly increasing multiples of 30 s.
+    ts = [e.t for e in readings(ev)]
+    assert all(t % 30 == 0 for t in ts) and ts == sorted(set(ts))
+    noise_at = [t for t, k, d in tr if k == B.READ and not WEIGHT_LINE.match(d.rstrip(b"\r\n"))]
+    assert [e.t for e in ev if isinstance(e, B.Problem)] == noise_at == [0, 90, 120, 180, 510,
+                                                                          660, 750, 840]
+    last = readings(ev)[-1]
+    assert (last.t, last.grams, last.stable) == (1170, D("10.003244"), True)
+    # 10 uL/h of water is 9.98 mg/h: the 19.5 min between the first and last readings.
+    first = readings(ev)[0]
+    assert abs((last.grams - first.grams) - D("0.00998") * D(1170 - 30) / 3600) < D("0.000004")
+
+
+def test_the_continuous_session_merges_lines_read_together():
+    tr, ev, bal = replayed("continuous")
+    assert [d for _t, k, d in tr if k == B.WROTE] == [b"SIR\r\n", b"@\r\n"]
+    lines = answers(tr)
+    assert lines[-1] == b'I4 A "SIM0001"'  # the answer to @, an information line
+    # 61 lines (0..60 s); the ones at 15, 35 and 55 s came in one read with the next second's.
+    assert len([ln for ln in lines if WEIGHT_LINE.match(ln)]) == 61
+    assert problems(ev) == []
+    rs = readings(ev)
+    assert len(rs) == 58 and bal.parser.merged == 3
+    assert [r.t for r in rs] == [t for t in range(61) if t not in (15, 35, 55)]
+    # The newest line of a merged read is kept: at 16 s, the 16 s line.
+    at16 = next(r for r in rs if r.t == 16)
+    assert at16.grams == D("10.000043")
+    # Dynamic while the bolus moved the load (20 s to 30 s), stable before and after.
+    moving = [r.t for r in rs if not r.stable]
+    assert moving and min(moving) >= 20 and max(moving) <= 31
+    assert rs[-1].t == 60 and rs[-1].grams == D("10.020126") and rs[-1].stable
+
+
+def test_the_balance_that_stops_answering():
+    tr, ev, _bal = replayed("dead")
+    assert len([d for _t, k, d in tr if k == B.WROTE]) == 10
+    assert kinds(ev) == ["reading"] * 4 + [B.SILENCE]
+    assert readings(ev)[-1].grams == D("10.000250")
+    # Silence 60 s after the last line (90 s), seen at the first poll past that (180 s).
+    assert ev[-1].t == 180 and ev[-1].detail == "nothing for 90 s"
+
+
+def test_the_disconnect_mid_line():
+    tr, ev, bal = replayed("disconnect")
+    # What Linux does when the far end of a pty hangs up: pyserial's in_waiting (an ioctl)
+    # raises EIO; the half line read before it is the last data.
+    fails = [(t, d) for t, k, d in tr if k == B.PORT and B.port_event(d)[1]]
+    assert fails == [(120, "in_waiting OSError: [Errno 5] Input/output error")]
+    assert tr[-1][1:] == (B.PORT, "close")
+    assert kinds(ev) == ["reading"] * 4 + [B.TRUNCATED, B.DISCONNECTED]
+    assert readings(ev)[-1].grams == D("10.000250")
+    assert ev[-2].detail == "'S D  10.0'" and ev[-1].detail == "[Errno 5] Input/output error"
+    assert ev[-1].sentence() == "The balance's serial port closed ([Errno 5] Input/output error)."
+    assert bal.closed
+
+
+def test_the_hand_made_transcript_of_the_manuals_formats():
+    tr = B.read_transcript(DATA / "manual_formats.mtsics")
+    assert "hand-made from the response formats" in tr.meta["note"]
+    ev = B.replay(tr, B.Parser(silence_s=60))
+    assert problems(ev) == [B.NOT_EXECUTABLE, B.OVERLOAD, B.UNDERLOAD, B.COMMAND_ERROR,
+                            B.COMMAND_ERROR, B.COMMAND_ERROR, B.UNIT, B.UNIT]  # fmt: skip
+    assert [p.detail for p in ev if p.kind in (B.COMMAND_ERROR, B.UNIT)] == [
+        "syntax error", "transmission error", "logical error", "oz", "ct"]
+    # kg and mg converted to grams exactly; the S answer split over two reads is timed by the
+    # read that completed it.
+    assert [(r.t, r.grams, r.stable) for r in readings(ev)] == [
+        (Fraction("31.05"), D("10.001000"), True), (Fraction("61.05"), D("10.001234"), False),
+        (Fraction("301.25"), D("10.001340"), True)]
+
+
+def test_recording_again_gives_the_stored_files_byte_for_byte(tmp_path):
+    # The stored transcripts are what the real stack (pty, pyserial, Balance.open, RecordingPort)
+    # produced: recording them again gives the same bytes.
+    assert R.main(["--out", str(tmp_path)]) == 0
+    for name in RECORDED:
+        got = (tmp_path / ("%s.mtsics" % name)).read_bytes()
+        assert got == (DATA / ("%s.mtsics" % name)).read_bytes(), name
+        assert len(got) < 4096
+
+
+def test_the_recording_goes_through_pyserial_on_a_pty(tmp_path):
+    path, live = R.record("disconnect", tmp_path)
+    text = path.read_text()
+    assert text.startswith(B.MAGIC + "\n# device: a pseudo-terminal")
+    assert "# settings: 9600 baud, 8N1, no handshake\n" in text and "# started" not in text
+    # The live events are the replayed ones.
+    assert kinds(live) == ["reading"] * 4 + [B.TRUNCATED, B.DISCONNECTED]
+
+
+# -- the format --
+
+TIMES = st.one_of(st.integers(0, 10**12), st.floats(0, 1e9, allow_nan=False),
+                  st.decimals(0, 10**9, places=6, allow_nan=False, allow_infinity=False))
+
+
+class ScriptedPort:
+    """A port that gives scripted reads and fails where told, for RecordingPort."""
+
+    def __init__(self, script, clock):
+        self.script = list(script)  # ("read", bytes, t) / ("write", bytes, t) / ("fail", msg, t)
+        self.clock = clock
+        self.written = []
+        self.closed = False
+
+    def _step(self, op):
+        what, data, t = self.script.pop(0)
+        self.clock.t = t
+        if what == "fail":
+            raise OSError(data)
+        assert what == op
+        return data
+
+    def write(self, data):
+        self.written.append(self._step("write"))
+        return len(data)
+
+    def read(self, n=1):
+        return self._step("read")
+
+    @property
+    def in_waiting(self):
+        return 0
+
+    def close(self):
+        self.closed = True
+
+
+@given(st.lists(st.tuples(st.sampled_from(["read", "write"]), st.binary(max_size=30), TIMES),
+                max_size=20),
+       st.text(st.characters(blacklist_categories=("Cs",)), max_size=30))
+@settings(suppress_health_check=[HealthCheck.function_scoped_fixture])
+def test_any_bytes_recorded_read_back_identical(tmp_path, ops, why):
+    path = tmp_path / "x.mtsics"
+    clock = Clock()
+    script = [*ops, ("fail", why, 7)]
+    port = B.RecordingPort(ScriptedPort(script, clock), clock, path, {"serial": "B0\n1"})
+    for op, data, _t in ops:
+        got = port.write(data) if op == "write" else port.read(5)
+        assert got == (len(data) if op == "write" else data)
+    with pytest.raises(OSError) as e:
+        port.read(1)
+    assert str(e.value) == why
+    tr = B.read_transcript(path)
+    want = [(t, ">" if op == "write" else "<", data) for op, data, t in ops
+            if data or op == "write"]  # fmt: skip
+    assert len(tr) == len(want) + 1
+    assert [(float(t) if isinstance(w, float) else t, k, d)
+            for (t, k, d), (w, _k, _d) in zip(tr, want, strict=False)] == want
+    assert tr[-1] == (7, "!", "read OSError: " + why)
+    assert tr.meta == {"serial": "B0 1"} and tr.notes == []
+
+
+@given(st.binary(max_size=200))
+def test_escaped_bytes_are_one_printable_line_and_read_back_exactly(data):
+    text = B.escape(data)
+    assert all(" " <= c <= "~" for c in text) and not text.endswith(" ")
+    assert B.unescape(text) == data
+
+
+def test_a_recording_port_keeps_every_event_before_an_exception(tmp_path):
+    path = tmp_path / "t.mtsics"
+    clock = Clock()
+    inner = ScriptedPort([("write", b"", 1), ("read", b"S S 10.5 g\r\nS S 1", 2),
+                          ("fail", "device reports readiness to read but returned no data", 3)],
+                         clock)  # fmt: skip
+    rec = B.RecordingPort(inner, clock, path)
+    bal = B.Balance(rec, clock, B.Parser(silence_s=60))
+    assert not hasattr(rec, "reset_input_buffer")  # as the wrapped port: Balance reads instead
+    ev = bal.send("SI") + bal.receive(5)
+    assert kinds(ev) == ["reading"]
+    ev = bal.receive(5)
+    assert kinds(ev) == [B.TRUNCATED, B.DISCONNECTED]
+    # Read back while the recorder still holds the file open: nothing waits in a buffer.
+    tr = B.read_transcript(path)
+    assert tr == [(1, ">", b"SI\r\n"), (2, "<", b"S S 10.5 g\r\nS S 1"),
+                  (3, "!", "read OSError: device reports readiness to read but returned no "
+                   "data")]  # fmt: skip
+    # The transcript replays to what the live Balance gave.
+    assert kinds(B.replay(tr)) == ["reading", B.TRUNCATED, B.DISCONNECTED]
+    bal.close()
+    assert inner.closed and B.read_transcript(path)[-1] == (3, "!", "close")
+
+
+def test_a_failed_write_is_recorded_and_raised(tmp_path):
+    path = tmp_path / "w.mtsics"
+    clock = Clock()
+    rec = B.RecordingPort(ScriptedPort([("fail", "write failed: [Errno 5] EIO", 4)], clock),
+                          clock, path)  # fmt: skip
+    with pytest.raises(OSError):
+        rec.write(b"SI\r\n")
+    assert B.read_transcript(path) == [(4, "!", "write OSError: write failed: [Errno 5] EIO")]
+
+
+@given(st.integers(0, 10**6))
+@settings(suppress_health_check=[HealthCheck.function_scoped_fixture])
+def test_a_transcript_cut_off_anywhere_reads_its_complete_lines(tmp_path, cut):
+    whole = (DATA / "polled.mtsics").read_bytes()
+    cut %= len(whole) + 1
+    path = tmp_path / "cut.mtsics"
+    path.write_bytes(whole[:cut])
+    full = B.read_transcript(DATA / "polled.mtsics")
+    if b"\n" not in whole[:cut]:
+        with pytest.raises(B.BalanceError) as e:
+            B.read_transcript(path)
+        assert "is not a balance transcript" in str(e.value)
+        return
+    tr = B.read_transcript(path)
+    complete = whole[:cut].count(b"\n")
+    # The complete lines' events, no more; a partial last line is dropped and said so.
+    assert list(tr) == list(full[: len(tr)])
+    assert len(tr) == sum(1 for ln in whole.split(b"\n")[:complete] if not ln.startswith(b"#"))
+    assert bool(tr.notes) == (cut > 0 and whole[cut - 1 : cut] != b"\n")
+    for e in B.replay(tr, B.Parser(silence_s=120)):
+        assert isinstance(e, B.Reading) or e.sentence().endswith(".")
+
+
+@pytest.mark.parametrize(
+    ("line", "words"),
+    [("12.5 ? SI", "no >, < or !"), ("abc > SI", "does not start with a time"),
+     ("1e3 > SI", "does not start with a time"), ("1 > S\\q", "an unknown escape"),
+     ("1 > S\\x4", "an unknown escape"), ("1 > caf\xe9", "not ASCII"),
+     ("1 < S\tS", "not printable ASCII"), ("1 ! explode", "not a call on the port"),
+     ("1 >SI", "no >, < or !"), ("12", "no >, < or !")],
+)
+def test_a_garbled_transcript_line_is_one_sentence(tmp_path, line, words):
+    path = tmp_path / "bad.mtsics"
+    path.write_bytes(("%s\n0 > SI\\r\\n\n%s\n2 ! close\n" % (B.MAGIC, line)).encode("latin-1"))
+    with pytest.raises(B.BalanceError) as e:
+        B.read_transcript(path)
+    msg = str(e.value)
+    assert msg.startswith("Line 3 of the transcript %s" % path) and words in msg
+    assert msg.endswith(".") and "\n" not in msg
+
+
+@pytest.mark.parametrize(
+    ("content", "words"),
+    [(None, "does not exist"), (b"t_s,mass_g\n0,1\n", "is not a balance transcript"),
+     (b"", "is not a balance transcript"), ("dir", "is a folder")],
+)
+def test_files_that_are_not_transcripts_say_why(tmp_path, content, words):
+    path = tmp_path / "x.mtsics"
+    if content == "dir":
+        path.mkdir()
+    elif content is not None:
+        path.write_bytes(content)
+    with pytest.raises(B.BalanceError) as e:
+        B.read_transcript(path)
+    assert words in str(e.value) and str(e.value).endswith(".")
+
+
+def test_a_replay_driven_differently_says_where(tmp_path):
+    tr = B.read_transcript(DATA / "dead.mtsics")
+    port = B.ReplayPort(tr)
+    bal = B.Balance(port, port.clock)
+    assert kinds(bal.immediate()) == ["reading"]
+    # Balance makes any failure of its port a disconnection; the port keeps the reason.
+    assert kinds(bal.send("S")) == [B.DISCONNECTED]
+    assert port.mismatch == "The replay wrote S\\r\\n where the transcript has 30 ! reset."
+    port = B.ReplayPort(tr)
+    port.reset_input_buffer()
+    with pytest.raises(B.BalanceError) as e:
+        port.write(b"S\r\n")
+    assert str(e.value) == "The replay wrote S\\r\\n where the transcript has 0 > SI\\r\\n."
+
+
+def test_host_times_read_back_as_the_same_values():
+    for t in (0, 30, 1.5, 0.1, 1e-05, 123456.789012345, D("12.500"), Fraction(1, 4)):
+        text = B.time_text(t)
+        assert re.fullmatch(r"\d+(\.\d+)?", text)
+        back = Fraction(text)
+        assert (float(back) == t) if isinstance(t, float) else back == t
+    assert B.time_text(Fraction(1, 3)) == "0.333333333"
+
+
+def test_balance_open_records_a_transcript_of_a_real_port(tmp_path):
+    master, slave = os.openpty()
+    try:
+        name = os.ttyname(slave)
+        clock = Clock(5)
+        path = tmp_path / "balance.mtsics"
+        bal = B.Balance.open(name, clock, transcript=path, meta={"model": "XPR2"},
+                             read_timeout_s=0.01)  # fmt: skip
+        assert isinstance(bal.port, B.RecordingPort)
+        bal.send("SI")
+        assert os.read(master, 16) == b"SI\r\n"
+        os.write(master, b"S S   1.5 g\r\n")
+        ev = []
+        for _ in range(100):  # the pty passes bytes on in its own time
+            ev += bal.receive(0.5)
+            if ev:
+                break
+        bal.close()
+        tr = B.read_transcript(path)
+        assert kinds(ev) == ["reading"] and ev[0].grams == D("1.5")
+        assert tr.meta["device"] == name and tr.meta["model"] == "XPR2"
+        assert tr.meta["settings"] == "9600 baud, 8N1, no handshake"
+        assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", tr.meta["started"])
+        assert tr[0] == (5, ">", b"SI\r\n") and tr[-1] == (5, "!", "close")
+        assert b"".join(d for _t, k, d in tr if k == "<") == b"S S   1.5 g\r\n"
+    finally:
+        os.close(master)
+        os.close(slave)
+
+
+def test_a_transcript_that_cannot_be_written_is_one_sentence(tmp_path):
+    master, slave = os.openpty()
+    try:
+        with pytest.raises(B.BalanceError) as e:
+            B.Balance.open(os.ttyname(slave), Clock(), transcript=tmp_path / "no" / "t.mtsics")
+        msg = str(e.value)
+        assert msg.startswith("Cannot write the balance transcript ") and msg.endswith(".")
+        assert "No such file or directory" in msg and "\n" not in msg
+    finally:
+        os.close(master)
+        os.close(slave)
+
+
+def test_the_example_lines_of_the_docstring_are_events():
+    doc = [re.sub(r"\s{3,}(at|a|the) .*$", "", ln.strip())
+           for ln in B.__doc__.splitlines() if re.match(r"^    \d", ln)]  # fmt: skip
+    with tempfile.TemporaryDirectory() as d:
+        path = Path(d) / "doc.mtsics"
+        path.write_text(B.MAGIC + "\n" + "\n".join(doc) + "\n")
+        tr = B.read_transcript(path)
+    assert [k for _t, k, _d in tr] == [">", "<", "!", "!", "!"]
+    assert tr[1][2] == b"S S      10.000083 g\r\n"
+
+
+class ResettingLatePort(LatePort):
+    """LatePort with pyserial's reset_input_buffer: drops what has arrived and is unread."""
+
+    def reset_input_buffer(self):
+        self.queue = [(t, b) for t, b in self.queue if t > self.clock.t]
+
+
+@pytest.mark.parametrize("port_class", [LatePort, ResettingLatePort])
+def test_a_recorded_late_answer_replays_as_it_went_live(tmp_path, port_class):
+    clock = Clock()
+    path = tmp_path / "late.mtsics"
+    bal = B.Balance(B.RecordingPort(port_class(clock), clock, path), clock, B.Parser(60))
+    live = []
+    for t in (0, 30, 60, 90):
+        clock.t = Fraction(t)
+        live += bal.immediate(timeout_s=2)
+    live += bal.close()
+    tr = B.read_transcript(path)
+    port = B.ReplayPort(tr, idle_s=Fraction(1, 20))  # the time each of LatePort's reads takes
+    again = B.Balance(port, port.clock, B.Parser(60))
+    driven = []
+    for t in (0, 30, 60, 90):
+        port.wait_until(t)
+        driven += again.immediate(timeout_s=2)
+    driven += again.close()
+    assert port.mismatch is None and port.i == len(tr)
+    assert [r.grams for r in readings(live)] == [D(2), D(3), D(4)]
+    assert driven == live
+    if port_class is ResettingLatePort:
+        # The late answer was dropped unread by the reset: the transcript never saw it, and
+        # replay() without a Balance gives the same readings.
+        assert b"1.000000" not in b"".join(d for _t, k, d in tr if k == B.READ)
+        assert B.replay(tr, B.Parser(60)) == live
+
+
+def test_bytes_read_while_dropping_the_input_are_not_parsed():
+    # A late line and a half that arrived between the reset and the command, read by
+    # flush_input's loop.
+    tr = [(Fraction(0), "!", "reset"), (Fraction(0), "<", b"S S 9.9 g\r\nS S 9."),
+          (Fraction(0), ">", b"SI\r\n"), (Fraction(1), "<", b"S S 10.1 g\r\n"),
+          (Fraction(2), "!", "close")]  # fmt: skip
+    want = [("reading", D("10.1"), True)]
+    assert summary(B.replay(tr)) == want
+    port = B.ReplayPort(tr, idle_s=1)  # the answer comes within a read timeout of 1 s
+    bal = B.Balance(port, port.clock)
+    assert summary(bal.immediate() + bal.close()) == want and bal.flushed == 17
+    assert port.i == len(tr) and port.mismatch is None

@@ -285,6 +285,56 @@ def test_run_with_a_balance_port_that_does_not_exist(capsys, tmp_path):
     rc, _out, err = cli(capsys, "run", "--board", "/dev/null", "--balance",
                         "/dev/no-such-balance", "--rate-ul-h", "10", "--out", tmp_path)
     assert rc == 1 and "Cannot open the balance's serial port" in one_sentence(err)
+    out = tmp_path / "new"
+    rc, _out, err = cli(capsys, "run", "--board", "/dev/null", "--balance",
+                        "/dev/no-such-balance", "--rate-ul-h", "10", "--out", out)
+    assert rc == 1 and not out.exists()  # no empty report folder is left behind
+
+
+def test_run_records_the_balance_session_as_a_transcript(tmp_path, capsys, monkeypatch):
+    # A real serial port (a pty) under `run`: what passed on it is in balance.mtsics, and the
+    # transcript replays to the readings the log holds.
+    import os
+    import threading
+
+    master, slave = os.openpty()
+    device = os.ttyname(slave)
+    stop = threading.Event()
+
+    def balance_side():
+        buf = b""
+        while not stop.is_set():
+            try:
+                buf += os.read(master, 64)
+            except OSError:
+                return
+            while b"\r\n" in buf:
+                cmd, buf = buf.split(b"\r\n", 1)
+                if cmd == b"SI":
+                    os.write(master, b"S S     10.000123 g\r\n")
+
+    t = threading.Thread(target=balance_side, daemon=True)
+    t.start()
+    rig = types.SimpleNamespace(program_rate=lambda r: (Fraction(10), {"rate_ng_per_day": 1,
+                                                                       "conc": 500}),
+                                describe=lambda: "a fake board")  # fmt: skip
+    monkeypatch.setattr(PB, "ReplBoard", lambda port: rig)
+    try:
+        rc, _out, err = cli(capsys, "run", "--board", "b", "--balance", device,
+                            "--rate-ul-h", "10", "--hours", "0.0005", "--interval-s", "0.3",
+                            "--no-plots", "--out", tmp_path)  # fmt: skip
+    finally:
+        stop.set()
+        os.close(master)
+        os.close(slave)
+    assert rc == 1 and "partial" in err  # 2 s of readings make no trumpet
+    tr = B.read_transcript(tmp_path / "balance.mtsics")
+    assert tr.meta["device"] == device
+    sent = [e for e in tr if e[1] == ">"]
+    got = [r for r in B.replay(tr, B.Parser(60)) if isinstance(r, B.Reading)]
+    logged = B.read_log(tmp_path / "balance.csv").samples
+    assert len(sent) >= 5 and len(got) == len(logged) >= 5
+    assert {r.grams for r in got} == {m for _t, m in logged} == {Decimal("10.000123")}
 
 
 class FakeHal:
@@ -471,7 +521,7 @@ def test_a_refusal_mid_series_still_reports_the_boluses_done(tmp_path, capsys, m
     clock = TickClock()  # run_boluses sleeps for real; the balance's clock ticks per look
     rig = RefusingRig(Fraction(998, 1000))
     bal = B.Balance(B.SimBalance(lambda t: rig.mass, clock, resolution_g="0.000001"), clock)
-    monkeypatch.setattr(PB, "_open_balance", lambda port, baud, silence_s: bal)
+    monkeypatch.setattr(PB, "_open_balance", lambda port, baud, silence_s, out_dir: bal)
     monkeypatch.setattr(PB, "ReplBoard", lambda port: rig)
     rc, out, err = cli(capsys, "run", "--board", "b", "--balance", "x", "--boluses", "5",
                        "--bolus-ul", "20", "--bolus-s", "0", "--settle-s", "0", "--out",

@@ -72,7 +72,7 @@ class FlowBalance:
     def mass_g(self, _t):
         return 10 + self.rate * Fraction(time.monotonic() - self.t0) / 3600 / 1000
 
-    def open(self, port=None, baud=None, silence_s=60):
+    def open(self, port=None, baud=None, silence_s=60, out_dir=None):
         sb = B.SimBalance(self.mass_g, time.monotonic, resolution_g="0.000001")
         return B.Balance(sb, time.monotonic, B.Parser(silence_s))
 
@@ -124,7 +124,7 @@ class CountingBalance:
     def __init__(self):
         self.mass = Fraction(10)
 
-    def open(self, port, baud, silence_s):
+    def open(self, port=None, baud=None, silence_s=60, out_dir=None):
         sb = B.SimBalance(lambda _t: self.mass, time.monotonic, resolution_g="0.000001")
         return B.Balance(sb, time.monotonic, B.Parser(silence_s))
 

@@ -1,6 +1,6 @@
 # The laboratory balance of the bench rig: Mettler-Toledo MT-SICS (levels 0/1) over a serial port,
 # a line parser that never raises, a CSV log that loses nothing written, and a simulated balance.
-"""MT-SICS in brief (what this module relies on; check your balance's reference manual):
+r"""MT-SICS in brief (what this module relies on; check your balance's reference manual):
 
 * commands end in CR LF: `SI` (send the weight now, stable or not), `S` (send the next stable
   weight), `SIR` (send the weight now and repeatedly, until `@`), `@` (cancel and reset,
@@ -14,6 +14,24 @@ The parser turns received bytes into events, in order: Reading(t, grams, stable)
 Problem(t, kind, detail). Bad input is a Problem, never an exception: garbage, truncated
 lines (a cable pulled mid-line), overload, underload, command errors, other units, readings
 whose time is not after the previous one, and silence longer than a limit.
+
+Transcripts (RecordingPort writes them, read_transcript reads them, replay and ReplayPort play
+them back): what passed on the port, one event per line, each line flushed as it happens.
+
+    # MT-SICS transcript 1              the first line, always
+    # baud: 9600                        `# key: value` lines before the first event: the header
+    12.5 > SI\r\n                       at host time 12.5 s the host wrote these bytes
+    12.6 < S S      10.000083 g\r\n     a read returned these bytes (empty reads are not written)
+    42 ! reset                          the host dropped unread input (reset_input_buffer)
+    43 ! in_waiting OSError: [Errno 5] Input/output error
+                                        a call on the port (read, write, in_waiting, reset,
+                                        close) failed with this error, which was passed on
+    44 ! close                          the host closed the port
+
+The time is the host's clock (s, a plain decimal) when the call returned. Bytes: printable
+ASCII as it is but `\` (written `\\`); `\r`, `\n`, `\t`; `\xHH` for any other byte and for a
+space that ends the line, so that any bytes read back exactly. Other `#` lines and blank lines
+are comments.
 """
 
 import csv
@@ -21,7 +39,9 @@ import io
 import os
 import random
 import re
+import time
 from decimal import Decimal, InvalidOperation
+from fractions import Fraction
 
 # ---- events ----
 
@@ -240,9 +260,12 @@ class Balance:
         self.flushed = 0  # stale bytes dropped by flush_input
 
     @classmethod
-    def open(cls, device, clock, baud=9600, silence_s=10.0, read_timeout_s=0.2):
+    def open(cls, device, clock, baud=9600, silence_s=10.0, read_timeout_s=0.2, transcript=None,
+             meta=None):  # fmt: skip
         """Open a serial device with pyserial (8 data bits, no parity, 1 stop bit: the MT-SICS
-        default; set the balance to match)."""
+        default; set the balance to match). With a transcript path, everything that passes on
+        the port is recorded there (RecordingPort); its header names the device, the settings
+        and the start (UTC), then meta's items (a None value leaves a default line out)."""
         try:
             import serial
         except ImportError:  # pragma: no cover - pinned in pyproject.toml
@@ -252,6 +275,16 @@ class Balance:
         except (OSError, ValueError, serial.SerialException) as e:
             raise BalanceError("Cannot open the balance's serial port %s (%s)."
                                % (device, _first_line(e))) from None  # fmt: skip
+        if transcript is not None:
+            head = {"device": device, "settings": "%d baud, 8N1, no handshake" % baud,
+                    "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+            head.update(meta or {})
+            try:
+                port = RecordingPort(port, clock, transcript,
+                                     {k: v for k, v in head.items() if v is not None})
+            except BalanceError:
+                port.close()
+                raise
         return cls(port, clock, Parser(silence_s))
 
     def send(self, command):
@@ -351,6 +384,387 @@ class Balance:
 def _first_line(e):
     s = str(e).strip().splitlines()
     return s[0] if s else type(e).__name__
+
+
+# ---- transcripts of the port (the format is in the module's docstring) ----
+
+MAGIC = "# MT-SICS transcript 1"
+WROTE = ">"
+READ = "<"
+PORT = "!"
+_OPS = ("read", "write", "in_waiting", "reset", "close")
+_PLAIN = frozenset(range(0x21, 0x7F)) - {0x5C}
+_NAMED = {0x5C: "\\\\", 0x0D: "\\r", 0x0A: "\\n", 0x09: "\\t"}
+_UNNAMED = {"\\": 0x5C, "r": 0x0D, "n": 0x0A, "t": 0x09}
+_TIME = re.compile(r"^-?\d+(\.\d+)?$")
+_HEX = "0123456789abcdefABCDEF"
+
+
+def escape(data):
+    """Bytes -> the text of a transcript line (printable ASCII, no trailing space)."""
+    out = []
+    last = len(data) - 1
+    for i, b in enumerate(data):
+        if b in _PLAIN or (b == 0x20 and i != last):
+            out.append(chr(b))
+        else:
+            out.append(_NAMED.get(b) or "\\x%02x" % b)
+    return "".join(out)
+
+
+def unescape(text):
+    """The inverse of escape(); ValueError with the reason for text escape() cannot write."""
+    out = bytearray()
+    i = 0
+    n = len(text)
+    while i < n:
+        c = text[i]
+        if c == "\\":
+            e = text[i + 1 : i + 2]
+            if e in _UNNAMED:
+                out.append(_UNNAMED[e])
+                i += 2
+                continue
+            h = text[i + 2 : i + 4]
+            if e == "x" and len(h) == 2 and h[0] in _HEX and h[1] in _HEX:
+                out.append(int(h, 16))
+                i += 4
+                continue
+            raise ValueError("an unknown escape %s" % ascii(text[i : i + 4]))
+        if not " " <= c <= "~":
+            raise ValueError("a character that is not printable ASCII (%s; write bytes as \\xHH)"
+                             % ascii(c))  # fmt: skip
+        out.append(ord(c))
+        i += 1
+    return bytes(out)
+
+
+def time_text(t):
+    """A host time as a plain decimal that reads back as the same value (floats by their
+    shortest repr; a fraction without a finite decimal to 9 places)."""
+    if isinstance(t, int):
+        return str(t)
+    if isinstance(t, float):
+        d = Decimal(repr(t))
+    elif isinstance(t, Decimal):
+        d = t
+    else:
+        d = _dec(t)
+        if Fraction(d) != t:
+            d = d.quantize(Decimal("0.000000001"))
+    if not d.is_finite():
+        raise ValueError("the host clock gave %s" % t)
+    return format(d, "f")
+
+
+class RecordingPort:
+    """A pyserial-like port that writes every call's traffic to a transcript as it happens:
+    each write (>), each read that returned bytes (<), a reset of the input, the close, and
+    any call that raised (!), with the host's time clock() after the call. The wrapped port
+    behaves exactly as before: same results, same exceptions (recorded first). Each line is
+    flushed (and with sync, written to disk) at once, so a crash loses no event."""
+
+    def __init__(self, port, clock, path, meta=None, sync=True):
+        self.port = port
+        self.clock = clock
+        self.path = path
+        self.sync = sync
+        self.sent = 0  # bytes written, and read, through this port
+        self.received = 0
+        try:
+            self._f = open(path, "w", encoding="ascii", newline="\n")
+            self._line(MAGIC)
+            for k, v in (meta or {}).items():
+                self._line("# %s: %s" % (_one_line(k), _one_line(v)))
+        except OSError as e:
+            raise BalanceError("Cannot write the balance transcript %s (%s)."
+                               % (path, e.strerror or _first_line(e))) from None  # fmt: skip
+        if hasattr(port, "reset_input_buffer"):
+            # Only when the port has it: Balance falls back to reading for a port without.
+            self.reset_input_buffer = self._reset
+
+    def _line(self, text):
+        if self._f.closed:
+            return  # the host closed the port and goes on calling: nothing passes any more
+        self._f.write(text + "\n")
+        self._f.flush()
+        if self.sync:
+            os.fsync(self._f.fileno())
+
+    def _event(self, kind, text):
+        self._line("%s %s %s" % (time_text(self.clock()), kind, text) if text
+                   else "%s %s" % (time_text(self.clock()), kind))  # fmt: skip
+
+    def _failed(self, op, e):
+        self._event(PORT, "%s %s" % (op, escape(("%s: %s" % (type(e).__name__, e))
+                                                 .encode("utf-8", "backslashreplace"))))
+
+    def write(self, data):
+        try:
+            n = self.port.write(data)
+        except Exception as e:
+            self._failed("write", e)
+            raise
+        self.sent += len(data)
+        self._event(WROTE, escape(bytes(data)))
+        return n
+
+    def read(self, n=1):
+        try:
+            data = self.port.read(n)
+        except Exception as e:
+            self._failed("read", e)
+            raise
+        if data:
+            self.received += len(data)
+            self._event(READ, escape(bytes(data)))
+        return data
+
+    @property
+    def in_waiting(self):
+        try:
+            return self.port.in_waiting
+        except Exception as e:
+            self._failed("in_waiting", e)
+            raise
+
+    def _reset(self):
+        try:
+            self.port.reset_input_buffer()
+        except Exception as e:
+            self._failed("reset", e)
+            raise
+        self._event(PORT, "reset")
+
+    def close(self):
+        try:
+            self.port.close()
+        except Exception as e:
+            self._failed("close", e)
+            raise
+        else:
+            self._event(PORT, "close")
+        finally:
+            self._f.close()
+
+
+def _one_line(x):
+    return str(x).replace("\r", " ").replace("\n", " ").encode("ascii", "backslashreplace") \
+        .decode("ascii")  # fmt: skip
+
+
+class Transcript(list):
+    """A transcript read back: a list of events (t Fraction, kind, data): (t, ">", bytes),
+    (t, "<", bytes) or (t, "!", "op" or "op error"); .meta holds the header, .notes what was
+    dropped."""
+
+    def __init__(self, events=(), meta=None, notes=None):
+        super().__init__(events)
+        self.meta = meta or {}
+        self.notes = notes or []
+
+
+def port_event(text):
+    """The text of a "!" event -> (op, error); error is "" for the host's own reset or close."""
+    op, _, error = text.partition(" ")
+    return op, error
+
+
+def read_transcript(path):
+    """Read a transcript. BalanceError with one sentence for a file that is not one or has a
+    line that is not an event; a last line without its newline was cut off while written and
+    is dropped (said in .notes)."""
+    try:
+        with open(path, "rb") as f:
+            raw = f.read()
+    except FileNotFoundError:
+        raise BalanceError("The transcript %s does not exist." % path) from None
+    except IsADirectoryError:
+        raise BalanceError("The transcript %s is a folder, not a file." % path) from None
+    except OSError as e:
+        raise BalanceError("Cannot read the transcript %s (%s)."
+                           % (path, e.strerror or _first_line(e))) from None  # fmt: skip
+    lines = raw.split(b"\n")
+    cut = lines.pop()  # b"" when the file ends with its newline
+    out = Transcript()
+    if cut:
+        out.notes.append("the last line (%d) was cut off while it was written and is dropped"
+                         % (len(lines) + 1))  # fmt: skip
+    if not lines or lines[0].rstrip(b"\r") != MAGIC.encode():
+        raise BalanceError("%s is not a balance transcript (its first line is not %r)."
+                           % (path, MAGIC))  # fmt: skip
+    for no, bline in enumerate(lines[1:], 2):
+        try:
+            line = bline.rstrip(b"\r").decode("ascii")
+        except UnicodeDecodeError:
+            raise BalanceError("Line %d of the transcript %s has bytes that are not ASCII."
+                               % (no, path)) from None  # fmt: skip
+        if not line.strip():
+            continue
+        if line.startswith("#"):
+            k, colon, v = line[1:].partition(":")
+            if colon and not out and k.strip() and " " not in k.strip():
+                out.meta[k.strip()] = v.strip()
+            continue
+        try:
+            out.append(_event_of(line))
+        except ValueError as e:
+            raise BalanceError("Line %d of the transcript %s is not an event (%s)."
+                               % (no, path, e)) from None  # fmt: skip
+    return out
+
+
+def _event_of(line):
+    t, sp, rest = line.partition(" ")
+    if not _TIME.match(t):
+        raise ValueError("it does not start with a time in s: %s" % _show(line))
+    kind, data = rest[:1], rest[2:]
+    if not sp or kind not in (WROTE, READ, PORT) or rest[1:2] not in ("", " "):
+        raise ValueError("after the time comes no >, < or !: %s" % _show(line))
+    if kind == PORT:
+        op, error = port_event(data)
+        if op not in _OPS:
+            raise ValueError("%s is not a call on the port" % ascii(op))
+        return (Fraction(t), kind, op + (" " + unescape(error).decode("utf-8", "replace")
+                                         if error else ""))  # fmt: skip
+    return (Fraction(t), kind, unescape(data))
+
+
+def _error_text(error):
+    # "OSError: [Errno 5] Input/output error" -> the exception's own message, as str(e) was.
+    name, sep, message = error.partition(": ")
+    return message if sep and name.isidentifier() else error
+
+
+def replay(events, parser=None):
+    """Feed a transcript's reads to a Parser as Balance fed the live ones -> the events.
+
+    Each chunk goes in at its time; chunks read while the input was being dropped (from a
+    reset to the next write) are dropped with the parser's partial line, as flush_input does; a
+    failed call on the port ends the session (TRUNCATED, then DISCONNECTED) as does the host's
+    close. Silence is checked when the host sends (and at a reset): replay has no clock of its
+    own between events, so a SILENCE may come later than it did live."""
+    parser = Parser() if parser is None else parser
+    out = []
+    dropping = False
+    t = None
+    for t, kind, data in events:
+        if kind == WROTE:
+            if dropping:
+                parser._buf.clear()
+                dropping = False
+            out += parser.tick(t)
+        elif kind == READ:
+            if not dropping:
+                out += parser.feed(t, data)
+        else:
+            op, error = port_event(data)
+            if error and op != "close":
+                why = _first_line(OSError(_error_text(error)))
+                return out + parser.close(t) + [Problem(t, DISCONNECTED, why)]
+            if op == "close":
+                return out + parser.close(t)
+            if op == "reset":
+                out += parser.tick(t)
+                dropping = True
+    if t is not None:
+        out += parser.close(t)  # the recording ended without a close: the host stopped
+    return out
+
+
+class ReplayPort:
+    """A transcript played back as the port it came from, for a Balance driven as the live one
+    was: Balance(port, port.clock), with wait_until(t) where the live host waited. Writes must
+    be the recorded ones (else BalanceError, and .mismatch says where); reads, in_waiting and
+    resets give what was recorded, at the recorded times (port.clock); a recorded failure
+    raises OSError with its message. Recorded bytes are there for a read once the clock is
+    within idle_s (the live read timeout) of their time; a read that finds none lets idle_s
+    pass and returns b"", as a live read that timed out."""
+
+    def __init__(self, events, idle_s=0):
+        self.events = list(events)
+        self.i = 0
+        self.t = self.events[0][0] if self.events else Fraction(0)
+        self.idle_s = idle_s
+        self.closed = False
+        self.mismatch = None  # the first call that differed from the transcript (a sentence)
+        if any(k == PORT and port_event(d)[0] == "reset" for _t, k, d in self.events):
+            self.reset_input_buffer = self._reset
+
+    def clock(self):
+        return self.t
+
+    def _next(self):
+        return self.events[self.i] if self.i < len(self.events) else None
+
+    def _failure(self, op):
+        ev = self._next()
+        if ev is not None and ev[1] == PORT:
+            got, error = port_event(ev[2])
+            if got == op and error:
+                self.t = ev[0]
+                self.i += 1
+                raise OSError(_error_text(error))
+
+    def _expect(self, kind, what, data=None):
+        ev = self._next()
+        if ev is None or ev[1] != kind or (data is not None and ev[2] != data):
+            # Balance turns any port error into DISCONNECTED; .mismatch keeps the real reason.
+            self.mismatch = self.mismatch or "The replay %s where the transcript has %s." % (
+                what, "nothing more" if ev is None else "%s %s %s" % (
+                    time_text(ev[0]), ev[1], escape(ev[2]) if ev[1] != PORT else ev[2]))
+            raise BalanceError(self.mismatch)
+        self.t = ev[0]
+        self.i += 1
+
+    def write(self, data):
+        self._failure("write")
+        self._expect(WROTE, "wrote %s" % escape(bytes(data)), bytes(data))
+        return len(data)
+
+    def wait_until(self, t):
+        """The host lets time pass to t (s), as the live one did between its calls."""
+        self.t = max(self.t, t)
+
+    def _due(self):
+        ev = self._next()
+        return ev if ev is not None and ev[1] == READ and ev[0] <= self.t + self.idle_s else None
+
+    @property
+    def in_waiting(self):
+        self._failure("in_waiting")
+        ev = self._due()
+        return 0 if ev is None else len(ev[2])
+
+    def read(self, n=1):
+        self._failure("read")
+        ev = self._due()
+        if ev is None:
+            nxt = self._next()
+            if nxt is not None and nxt[1] != READ:
+                self.t = min(self.t + self.idle_s, max(self.t, nxt[0]))
+            else:
+                self.t += self.idle_s
+            return b""
+        self.t = ev[0]
+        data = ev[2][:n]
+        if n < len(ev[2]):
+            self.events[self.i] = (ev[0], READ, ev[2][n:])
+        else:
+            self.i += 1
+        return data
+
+    def _reset(self):
+        self._failure("reset")
+        self._expect(PORT, "dropped its input", "reset")
+
+    def close(self):
+        self.closed = True
+        self._failure("close")
+        ev = self._next()
+        if ev is not None and ev[1] == PORT and ev[2] == "close":
+            self.t = ev[0]
+            self.i += 1
 
 
 # ---- the CSV log ----

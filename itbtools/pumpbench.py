@@ -933,7 +933,7 @@ def run(balance_port, baud, balance_mode, board_port, ble_address, sim_radio, ke
                             boluses, vol, bolus_s, settle_s, out_dir)  # fmt: skip
     if not balance_port:
         raise BenchError("A test on the rig needs --balance PORT", EXIT_USAGE)
-    bal = _open_balance(balance_port, baud, silence_s)
+    bal = _open_balance(balance_port, baud, silence_s, out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     if boluses is not None:
         return run_boluses(out, bal, board, boluses, vol, bolus_s, settle_s, dens, out_dir)
@@ -1011,10 +1011,17 @@ def pump_board(board_port, ble_address, sim_radio, key_path, bond_file, confirm_
     return BleBoard(transport, address, key_path, bond_file, BenchError, confirm_increase)
 
 
-def _open_balance(port, baud, silence_s):
+def _open_balance(port, baud, silence_s, out_dir):
+    """The balance's port, everything passing on it recorded in out_dir/balance.mtsics (a
+    transcript: the raw session, for a question the CSV cannot answer, and for the tests)."""
+    created = not out_dir.exists()
+    out_dir.mkdir(parents=True, exist_ok=True)
     try:
-        return B.Balance.open(port, time.monotonic, baud=baud, silence_s=silence_s)
+        return B.Balance.open(port, time.monotonic, baud=baud, silence_s=silence_s,
+                              transcript=out_dir / "balance.mtsics")  # fmt: skip
     except B.BalanceError as e:
+        if created and not any(out_dir.iterdir()):
+            out_dir.rmdir()
         raise BenchError(str(e)) from None
 
 
