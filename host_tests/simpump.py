@@ -33,7 +33,7 @@ class SimPump:
         self.bonds = folder / "bonds.json"
         self.proc = subprocess.Popen(
             [sys.executable, str(ROOT / "tools" / "sim_radio.py"), "--keys",
-             str(self.paths["pump"]), "--listen", self.spec, "--minutes", "60"],
+             str(self.paths["pump"]), "--listen", self.spec, "--minutes", str(60 * accel)],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
             cwd=ROOT,
         )  # fmt: skip

@@ -109,13 +109,20 @@ def test_a_rate_the_pump_will_not_take_changes_nothing(pump, tmp_path, capsys, m
                                                        words):  # fmt: skip
     before = pump_facts(pump)
     opened = []
-    monkeypatch.setattr(PB, "_open_balance", lambda *a: opened.append(a) or FlowBalance(0).open())
+
+    def open_balance(*a):
+        opened.append(FlowBalance(0).open())
+        return opened[-1]
+
+    monkeypatch.setattr(PB, "_open_balance", open_balance)
     rc, _out, err = cli(capsys, "run", *radio_args(pump), "--balance", "sim", "--rate-ul-h",
                         rate, "--hours", "0.001", "--out", tmp_path / "r")  # fmt: skip
     assert rc == PB.EXIT_PARTIAL
     assert one_sentence(err) == "pumpbench: " + words
     assert pump_facts(pump) == before
     assert not (tmp_path / "r" / "balance.csv").exists()
+    # The balance was opened before the pump was asked, and closed when it refused.
+    assert len(opened) == 1 and opened[0].closed
 
 
 class CountingBalance:
@@ -182,23 +189,28 @@ def test_a_bolus_refused_over_ble_ends_the_series_with_the_pumps_reason(pump, tm
     assert line.startswith("pumpbench: The bolus series stopped after 1 of 3 boluses: the pump "
                            "refused the clinician bolus: "), line
     assert "already running" in line
-    assert "1 boluses of 1 uL" in out
+    assert "1 bolus of 1 uL" in out
     assert json.loads((tmp_path / "report.json").read_text())["bolus"]["boluses"] == 1
 
 
 @pytest.mark.parametrize(
     ("key", "words"),
     [
-        ("patient", "needs the clinician's key file; %s is the patient's."),
-        (None, "needs the clinician's key file: --key FILE."),
-        ("missing", "missing"),
+        ("patient", "Commanding the pump needs the clinician's key file; %s is the patient's."),
+        (None, "Commanding the pump over BLE needs the clinician's key file: --key FILE."),
+        ("missing", None),
     ],
 )
 def test_ble_usage_errors_open_no_port(tmp_path, capsys, monkeypatch, key, words):
+    from itbtools.errors import sentence
     from tools import provision as P
 
     paths = P.provision("ITB-NONE", tmp_path)
-    paths["missing"] = tmp_path / "missing.key"
+    paths["missing"] = tmp_path / "no-such.key"
+    if words is None:  # pumpctl's own sentence for a key file it cannot load, passed on
+        with pytest.raises(P.ProvisionError) as e:
+            P.load_key_file(paths["missing"])
+        words = sentence(str(e.value))
     args = ["run", "--sim-radio", "127.0.0.1:%d" % free_port(), "--balance", "x",
             "--rate-ul-h", "10", "--out", tmp_path / "o"]  # fmt: skip
     if key:
@@ -207,7 +219,8 @@ def test_ble_usage_errors_open_no_port(tmp_path, capsys, monkeypatch, key, words
     monkeypatch.setattr(PB, "_open_balance", lambda *a: opened.append(a))
     rc, _out, err = cli(capsys, *args)
     assert rc == PB.EXIT_USAGE
-    assert (words % paths.get(key)) in one_sentence(err) if "%s" in words else words in err
+    want = words % paths[key] if "%s" in words else words
+    assert one_sentence(err) == "pumpbench: " + want
     assert opened == [] and not (tmp_path / "o").exists()
 
 
@@ -223,3 +236,40 @@ def test_no_pump_listening_is_one_sentence(tmp_path, capsys, monkeypatch):
     assert rc == PB.EXIT_PARTIAL
     assert one_sentence(err).startswith("pumpbench: The pump did not take the rate over BLE: ")
     assert spec in err
+
+
+def test_a_link_that_speaks_garbage_is_one_sentence_without_a_stack_trace(tmp_path, capsys,
+                                                                         monkeypatch, caplog):
+    # Something other than a virtual pump's HCI answers on the port, then hangs up: Bumble logs
+    # the lost transport, with a traceback, unless the tools quiet it (on a terminal that goes
+    # to stderr; under pytest, to caplog).
+    import socket
+    import threading
+
+    from tools import provision as P
+
+    paths = P.provision("ITB-NONE", tmp_path)
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(1)
+
+    def babble():
+        conn, _ = srv.accept()
+        try:
+            conn.sendall(b"\xff\x00garbage, not HCI\r\n" * 8)
+            time.sleep(0.5)  # the programmer's host is waiting for an answer to its reset
+        finally:
+            conn.close()
+
+    threading.Thread(target=babble, daemon=True).start()
+    monkeypatch.setattr(PB, "_open_balance", FlowBalance(0).open)
+    spec = "127.0.0.1:%d" % srv.getsockname()[1]
+    try:
+        rc, _out, err = cli(capsys, "run", "--sim-radio", spec, "--key", paths["clinician"],
+                            "--bonds", tmp_path / "b.json", "--balance", "x", "--rate-ul-h",
+                            "10", "--out", tmp_path / "o")  # fmt: skip
+    finally:
+        srv.close()
+    assert rc == PB.EXIT_PARTIAL
+    assert one_sentence(err).startswith("pumpbench: The pump did not take the rate over BLE: ")
+    assert [r.getMessage() for r in caplog.records if r.name.startswith("bumble")] == []

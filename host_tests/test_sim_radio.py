@@ -61,3 +61,47 @@ def test_a_programmer_in_another_process_reaches_the_virtual_pump(tmp_path):
     finally:
         proc.terminate()
         proc.wait(10)
+
+
+class _Loop:
+    accel = 0
+
+    def __init__(self):
+        self.now = 0
+
+
+class _Pump:
+    """What realtime.drive uses of a VirtualPump: its loop's clock and run_until."""
+
+    def __init__(self):
+        self.loop = _Loop()
+
+    def run_until(self, t_ms):
+        assert t_ms >= self.loop.now
+        self.loop.now = t_ms
+
+
+def test_a_change_of_pace_takes_effect_from_then_on_without_a_jump():
+    from boards.sim import realtime
+
+    async def go():
+        vp = _Pump()
+        pace = {"accel": 1}
+        aloop = asyncio.get_running_loop()
+        driver = aloop.create_task(realtime.drive(vp, lambda: pace["accel"]))
+        t0 = aloop.time()
+        await asyncio.sleep(0.2)
+        t_switch, sim_switch = aloop.time(), vp.loop.now
+        pace["accel"] = 1000
+        await asyncio.sleep(0.2)
+        t_end, sim_end = aloop.time(), vp.loop.now
+        driver.cancel()
+        return t0, t_switch, sim_switch, t_end, sim_end
+
+    t0, t_switch, sim_switch, t_end, sim_end = asyncio.run(go())
+    # Before the change, simulated ms follow real ms; after it, 1000 simulated ms per real ms
+    # counted from the change. A pace applied to the time before the change would put
+    # sim_end about 200 s further on.
+    assert sim_switch <= (t_switch - t0) * 1000 + 1
+    want = sim_switch + (t_end - t_switch) * 1_000_000
+    assert want - 30_000 <= sim_end <= want + 1_000, (sim_end, want)

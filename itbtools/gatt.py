@@ -11,6 +11,15 @@ ATT_INSUFFICIENT_AUTHORIZATION = 0x08
 ATT_INSUFFICIENT_ENCRYPTION = 0x0F
 
 
+def quiet_stack_logs():
+    """Bumble and bleak log link events (and tracebacks of a lost transport) at WARNING and
+    above; the tools say what matters in their own one sentence."""
+    import logging
+
+    for name in ("bumble", "bleak"):
+        logging.getLogger(name).setLevel(logging.CRITICAL)
+
+
 class LinkError(Exception):
     """The radio link failed or the pump's GATT server refused an access (one sentence)."""
 

@@ -6,10 +6,13 @@
   pumpbench bolus LOG.csv --volume-ul V       bolus accuracy from a bolus log
   pumpbench run --balance PORT --board PORT --rate-ul-h R --hours H   a test on the real rig
   pumpbench run ... --boluses 25 --bolus-ul V                          a bolus test
+  pumpbench run --ble ADDRESS --key FILE ...  (or --sim-radio HOST:PORT)  the pump over BLE
   pumpbench sim --rate-ul-h 10 --hours 24     the whole pipeline on the virtual pump
+  pumpbench sim --boluses 25 --bolus-ul 20    a bolus test on the virtual pump
 
 Every failure ends in one sentence on stderr and a non-zero exit code (1: the test or analysis
-could not be completed, a partial report is written where data exists; 2: bad command line)."""
+could not be completed, a partial report is written where data exists; 2: bad command line;
+5: a bug in pumpbench)."""
 
 import json
 import math
@@ -28,10 +31,19 @@ from rich.table import Table
 
 from itbtools import balance as B
 from itbtools import trumpet as T
+from itbtools.doses import (
+    bolus_dose_ng,
+    num_text,
+    programme_summary,
+    programmed_ng_per_day,
+    set_rate_ul_h,
+)
+from itbtools.errors import sentence, usage_sentence
 
 ROOT = Path(__file__).resolve().parent.parent
 EXIT_PARTIAL = 1
 EXIT_USAGE = 2
+EXIT_BUG = 5  # as pumpctl's
 SLEEP = time.sleep  # the bolus series' waits (a test against an accelerated pump shortens them)
 
 # The reference rig's pulse (boards/sim and firmware/rig.py share its geometry): one full step of
@@ -62,21 +74,17 @@ SIM_FILL_NL = 20_000_000
 class BenchError(Exception):
     """A failure the user must hear about in one sentence; .code is the exit code."""
 
-    def __init__(self, sentence, code=EXIT_PARTIAL):
-        super().__init__(sentence)
+    maybe_done = False  # the pump may have acted on the request (the link failed after it)
+
+    def __init__(self, text, code=EXIT_PARTIAL):
+        super().__init__(text)
         self.code = code
 
 
-def _sentence(s):
-    s = str(s).strip()
-    if not s:
-        return "Something went wrong."
-    s = s[0].upper() + s[1:]
-    return s if s[-1] in ".!?" else s + "."
+_sentence = sentence
 
 
-def _num(x, places=3):
-    return ("%.*f" % (places, float(x))).rstrip("0").rstrip(".")
+_num = num_text
 
 
 def _decimal_option(text, what, positive=True):
@@ -87,6 +95,43 @@ def _decimal_option(text, what, positive=True):
     if positive and v <= 0:
         raise BenchError("%s must be above zero, not %s" % (what, text), EXIT_USAGE)
     return v
+
+
+# The options only one kind of test uses: given for the other kind, they are refused rather than
+# silently ignored.
+RATE_ONLY = ("rate_ul_h", "hours", "interval_s", "analysis_start_min", "analysis_end_min",
+             "windows", "no_plots", "balance_mode", "confirm_increase")  # fmt: skip
+BOLUS_ONLY = ("bolus_ul", "bolus_s", "settle_s")
+MAX_WAIT_S = 86_400  # a bolus lasts at most a day (the pump's limit); so does a settling wait
+
+
+def _given(name):
+    """Whether the user gave the option (not its default)."""
+    ctx = click.get_current_context()
+    src = ctx.get_parameter_source(name)
+    return src is not None and src != click.core.ParameterSource.DEFAULT
+
+
+def _refuse_unused(bolus_test):
+    """Refuse options that the chosen test would not use (a rate test's with --boluses, a bolus
+    test's without): one sentence naming them."""
+    ctx = click.get_current_context()
+    unused = [n for n in (RATE_ONLY if bolus_test else BOLUS_ONLY)
+              if n in ctx.params and _given(n)]  # fmt: skip
+    if unused:
+        names = ", ".join("--" + n.replace("_", "-") for n in unused)
+        raise BenchError("%s %s not used by a %s test" % (
+            names, "is" if len(unused) == 1 else "are", "bolus" if bolus_test else "rate"),
+            EXIT_USAGE)  # fmt: skip
+
+
+def _bolus_options(bolus_s, settle_s):
+    if not 1 <= bolus_s <= MAX_WAIT_S:
+        raise BenchError("--bolus-s must be from 1 to %d s, not %d" % (MAX_WAIT_S, bolus_s),
+                         EXIT_USAGE)  # fmt: skip
+    if not 0 <= settle_s <= MAX_WAIT_S:
+        raise BenchError("--settle-s must be from 0 to %d s, not %d" % (MAX_WAIT_S, settle_s),
+                         EXIT_USAGE)  # fmt: skip
 
 
 def _windows_option(text):
@@ -109,29 +154,6 @@ def _analysis_options(start, end, windows):
                          % (end, _num(T.DEFAULT_ANALYSIS_START_MIN if s is None else s)),
                          EXIT_USAGE)  # fmt: skip
     return s, e, _windows_option(windows)
-
-
-# ---- programmed rates and boluses (shared by the sim and the board snippets) ----
-
-
-def programmed_ng_per_day(rate_ul_h, conc_ug_per_ml):
-    """The pump's programme for a volume rate: ng/day at its strength, to the nearest
-    RATE_RES (10 ng/day). Integer arithmetic, as the board's snippet does it."""
-    r = T.exact(rate_ul_h)
-    nl = r * 24_000  # nL/day
-    num, den = nl.numerator, nl.denominator
-    return (2 * num * conc_ug_per_ml + 10_000 * den) // (20_000 * den) * 10
-
-
-def set_rate_ul_h(ng_per_day, conc_ug_per_ml):
-    """The volume rate (uL/h, exact) a programme of ng_per_day delivers at its strength."""
-    return Fraction(ng_per_day, 24 * conc_ug_per_ml)
-
-
-def bolus_dose_ng(volume_ul, conc_ug_per_ml):
-    v = T.exact(volume_ul)
-    x = v * conc_ug_per_ml  # ng
-    return math.floor(x + Fraction(1, 2))
 
 
 # ---- output ----
@@ -391,20 +413,20 @@ class SimRig:
         self.set_rate = set_rate_ul_h(self.rate_ng, self.conc)
         steps = [("set_clock", 1_767_225_600_000), ("refill_begin", 0)]
         for name, *args in steps:
-            self._ask(name, *args)
+            self.request(name, *args)
         self.plant.refill(SIM_FILL_NL, self.conc)
         for name, *args in [("refill_fill", SIM_FILL_NL, self.conc), ("refill_commit",)]:
-            self._ask(name, *args)
+            self.request(name, *args)
         vp.app.acknowledge_all()
         vp.run_until(vp.loop.now + 1_000)
-        self._ask("program", RX.continuous(self.conc, self.rate_ng), True)
+        self.request("program", RX.continuous(self.conc, self.rate_ng), True)
         self.t0_ms = vp.loop.now
         self.out0 = self.plant.out_u(self.t0_ms)
         self.density = T.exact(density)
         self.start_g = T.exact(start_g)
         self._unit_g = self.density / (self.plant.unit_den * 10**6)  # g per volume unit
 
-    def _ask(self, name, *args):
+    def request(self, name, *args):
         bad = self.vp.submit(name, *args)
         if bad is not None:
             why = bad.message() if hasattr(bad, "message") else str(bad)
@@ -417,6 +439,11 @@ class SimRig:
     def run_to(self, t_s):
         self.vp.run_until(self.t0_ms + math.ceil(Fraction(t_s) * 1000))
 
+    def delivered_nl(self):
+        """What left the catheter tip since the programme started (nL, exact): the truth the
+        balance only estimates."""
+        return Fraction(self.plant.out_u(self.vp.loop.now) - self.out0, self.plant.unit_den)
+
     def mass_g(self, t_s):
         ms = self.t0_ms + math.floor(Fraction(t_s) * 1000)
         return self.start_g + (self.plant.out_u(ms) - self.out0) * self._unit_g
@@ -425,15 +452,8 @@ class SimRig:
         self.vp.stop()
 
 
-def run_sim(out, rate, hours, seed, out_dir, interval_s, density, start_min, end_min, windows,
-            balance_opts, plots=True):  # fmt: skip
-    """The sim pipeline: returns (trumpet Report, report dict, Acquisition)."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    try:
-        rig = SimRig(rate, seed, density, balance_opts["start_g"])
-    except BenchError:
-        raise
-    set_rate = rig.set_rate
+def _sim_balance(rig, seed, balance_opts):
+    """The simulated balance under the virtual pump's catheter tip, on the rig's clock."""
     sb = B.SimBalance(rig.mass_g, rig.now_s, resolution_g=balance_opts["resolution_g"],
                       noise_g=balance_opts["noise_g"],
                       evaporation_mg_h=balance_opts["evaporation_mg_h"],
@@ -441,20 +461,28 @@ def run_sim(out, rate, hours, seed, out_dir, interval_s, density, start_min, end
                       garbage=balance_opts.get("garbage", 0.0),
                       dropout=balance_opts.get("dropout", 0.0),
                       dead_after_s=balance_opts.get("dead_after_s"))  # fmt: skip
-    bal = B.Balance(sb, rig.now_s, B.Parser(silence_s=balance_opts.get("silence_s", 120)))
-    meta = {
-        "command": "pumpbench sim",
-        "rate_ul_h_requested": _num(rate, 6),
-        "rate_ul_h_set": _num(set_rate, 6),
-        "programme_ng_per_day": rig.rate_ng,
-        "strength_ug_per_ml": rig.conc,
-        "density_g_ml": _num(density, 6),
-        "interval_s": _num(interval_s, 6),
-        "hours": _num(hours, 6),
-        "seed": seed,
-        "pulse_nl": _num(reference_pulse_nl(), 6),
-        "balance": " ".join("%s=%s" % kv for kv in sorted(balance_opts.items())),
-    }
+    return B.Balance(sb, rig.now_s, B.Parser(silence_s=balance_opts.get("silence_s", 120)))
+
+
+def _sim_meta(command, rig, seed, balance_opts, **more):
+    meta = {"command": command, "strength_ug_per_ml": rig.conc, "seed": seed,
+            "pulse_nl": _num(reference_pulse_nl(), 6)}  # fmt: skip
+    meta.update(more)
+    meta["balance"] = " ".join("%s=%s" % kv for kv in sorted(balance_opts.items()))
+    return meta
+
+
+def run_sim(out, rate, hours, seed, out_dir, interval_s, density, start_min, end_min, windows,
+            balance_opts, plots=True):  # fmt: skip
+    """The sim pipeline: returns (trumpet Report, report dict, Acquisition)."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    rig = SimRig(rate, seed, density, balance_opts["start_g"])
+    set_rate = rig.set_rate
+    bal = _sim_balance(rig, seed, balance_opts)
+    meta = _sim_meta("pumpbench sim", rig, seed, balance_opts,
+                     rate_ul_h_requested=_num(rate, 6), rate_ul_h_set=_num(set_rate, 6),
+                     programme_ng_per_day=rig.rate_ng, density_g_ml=_num(density, 6),
+                     interval_s=_num(interval_s, 6), hours=_num(hours, 6))  # fmt: skip
     log = B.CsvLog(out_dir / "balance.csv", meta, sync=False)
     try:
         acq = Acquisition(bal, log, rig.now_s, rig.run_to, T.exact(interval_s),
@@ -486,7 +514,7 @@ class SimBoard:
     def bolus(self, volume_ul, duration_s):
         conc = self.rig.conc
         ng = bolus_dose_ng(volume_ul, conc)
-        self.rig._ask("clinician_bolus", ng, duration_s)
+        self.rig.request("clinician_bolus", ng, duration_s)
         return Fraction(ng, conc), {"conc": conc, "dose_ng": ng}
 
 
@@ -497,31 +525,37 @@ SIM_BOLUS_BASAL_UL_H = Fraction(1, 4)
 
 def run_sim_boluses(out, count, volume_ul, bolus_s, settle_s, seed, out_dir, density,
                     balance_opts):  # fmt: skip
-    """A bolus series on the virtual pump weighed by the simulated balance; the BolusReport."""
+    """A bolus series on the virtual pump weighed by the simulated balance: the `bolus` part of
+    its report. The report also gives what truly left the catheter tip between weighings
+    (`true_volumes_nl`, from the plant model), which only a simulation knows."""
     out_dir.mkdir(parents=True, exist_ok=True)
     rig = SimRig(SIM_BOLUS_BASAL_UL_H, seed, density, balance_opts["start_g"])
-    sb = B.SimBalance(rig.mass_g, rig.now_s, resolution_g=balance_opts["resolution_g"],
-                      noise_g=balance_opts["noise_g"],
-                      evaporation_mg_h=balance_opts["evaporation_mg_h"],
-                      capacity_g=balance_opts["capacity_g"], seed=seed,
-                      garbage=balance_opts.get("garbage", 0.0),
-                      dropout=balance_opts.get("dropout", 0.0),
-                      dead_after_s=balance_opts.get("dead_after_s"))  # fmt: skip
-    bal = B.Balance(sb, rig.now_s, B.Parser(silence_s=balance_opts.get("silence_s", 120)))
-    meta = {"command": "pumpbench sim --boluses", "basal_ul_h": _num(SIM_BOLUS_BASAL_UL_H, 6),
-            "strength_ug_per_ml": rig.conc, "seed": seed,
-            "pulse_nl": _num(reference_pulse_nl(), 6),
-            "balance": " ".join("%s=%s" % kv for kv in sorted(balance_opts.items()))}  # fmt: skip
+    bal = _sim_balance(rig, seed, balance_opts)
+    meta = _sim_meta("pumpbench sim --boluses", rig, seed, balance_opts,
+                     basal_ul_h=_num(SIM_BOLUS_BASAL_UL_H, 6))  # fmt: skip
+    res = T.exact(balance_opts["resolution_g"])
+    if res * 100 > T.exact(volume_ul) * density / 1000:
+        meta["notes"] = ["the balance's resolution (%s g) is more than 1 %% of a bolus's mass: "
+                         "its rounding dominates the errors" % balance_opts["resolution_g"]]
+        out.print("warning: " + sentence(meta["notes"][0]))
+    # What left the tip, in nL, at each weighing (no pump time passes between a weighing and
+    # the callback that marks it).
+    marks = [rig.delivered_nl()]
+    meta["true_volumes_nl"] = true = []
 
     def sleep(s):
         rig.run_to(rig.now_s() + T.exact(s))
 
+    def weighed(*_row):
+        marks.append(rig.delivered_nl())
+        true.append(_num(marks[-1] - marks[-2], 3))
+
     try:
         run_boluses(out, bal, SimBoard(rig), count, volume_ul, bolus_s, settle_s, density,
-                    out_dir, clock=rig.now_s, sleep=sleep, meta=meta)  # fmt: skip
+                    out_dir, clock=rig.now_s, sleep=sleep, meta=meta, watch=weighed)
     finally:
         rig.stop()
-    return json.loads((out_dir / "report.json").read_text())["bolus"]
+    return json.loads((out_dir / "report.json").read_text())
 
 
 # ---- the real rig ----
@@ -554,6 +588,11 @@ print("PUMPBENCH " + json.dumps(res))
 _RATE_PREPARE = """\
     ng = (2 * %(num)d * conc + 10000 * %(den)d) // (20000 * %(den)d) * 10
     res["rate_ng_per_day"] = ng
+    rx = a.sup.engine.rx
+    res["replaced"] = None if rx is None else {
+        "daily_dose_ng": RX.daily_dose_ng(rx), "steps": [list(x) for x in rx.steps],
+        "periodic": [list(x) for x in rx.periodic], "patient_dose_ng": rx.patient_dose_ng,
+        "patient_max_per_24h": rx.patient_max_per_24h}
     return ("program", RX.continuous(conc, ng), True)"""
 
 _BOLUS_PREPARE = """\
@@ -633,13 +672,27 @@ def _mpremote():
     return str(venv) if venv.exists() else (shutil.which("mpremote") or "mpremote")
 
 
+class Series:
+    """A bolus series as it goes: the (before, after) weighings, the set volume (uL, exact),
+    why it stopped early (a sentence, or None), how many boluses the pump took or may have
+    taken. Unpacks as that 4-tuple."""
+
+    def __init__(self):
+        self.pairs = []
+        self.set_ul = None
+        self.why = None
+        self.given = 0
+
+    def __iter__(self):
+        return iter((self.pairs, self.set_ul, self.why, self.given))
+
+
 def bolus_series(bal, board, log_rows, clock, sleep, count, volume_ul, duration_s, settle_s,
-                 stable_timeout_s=60, on_row=None):  # fmt: skip
-    """count boluses, each weighed stable before and after; returns ((before, after) list, the
-    set volume in uL, a sentence if the series stopped early). on_row(n, before, after, set_ul)
-    as each bolus is weighed (the live display)."""
-    pairs = []
-    set_ul = None
+                 stable_timeout_s=60, on_row=None, series=None):  # fmt: skip
+    """count boluses, each weighed stable before and after, into series (a Series, kept up to
+    date as it goes, so that whatever ends the series leaves what was done); returns it.
+    on_row(n, before, after, set_ul) as each bolus is weighed."""
+    sr = Series() if series is None else series
 
     def stable_mass():
         end = clock() + stable_timeout_s
@@ -660,23 +713,28 @@ def bolus_series(bal, board, log_rows, clock, sleep, count, volume_ul, duration_
         # Boluses follow each other: the weight after one is the weight before the next.
         before, why = (after, None) if after is not None else stable_mass()
         if before is None:
-            return pairs, set_ul, why
+            sr.why = why
+            return sr
         try:
-            set_ul, _res = board.bolus(volume_ul, duration_s)
+            sr.set_ul, _res = board.bolus(volume_ul, duration_s)
         except BenchError as e:
             # A refusal (or a board that stopped answering) ends the series; the boluses done
-            # still make a report.
-            return pairs, set_ul, str(e)
+            # still make a report, and one the pump may have started counts as given.
+            sr.why = str(e)
+            sr.given += 1 if e.maybe_done else 0
+            return sr
+        sr.given += 1
         sleep(duration_s + settle_s)
         after, why = stable_mass()
         if after is None:
-            return pairs, set_ul, why
-        pairs.append((before, after))
+            sr.why = why
+            return sr
+        sr.pairs.append((before, after))
         log_rows.write("%d,%s,%s\n" % (i + 1, before, after))
         log_rows.flush()
         if on_row is not None:
-            on_row(i + 1, before, after, set_ul)
-    return pairs, set_ul, None
+            on_row(i + 1, before, after, sr.set_ul)
+    return sr
 
 
 # ---- the CLI ----
@@ -796,9 +854,9 @@ def read_bolus_log(path):
 def report_bolus(out, pairs, volume_ul, density):
     rep = T.bolus_accuracy(pairs, volume_ul, density)
     if rep.n:
-        out.print("%d boluses of %s uL: mean error %s %%, largest %s %%, smallest %s %%%s" % (
-            rep.n, _num(volume_ul, 4), _num(rep.mean, 2), _num(rep.max, 2), _num(rep.min, 2),
-            "" if rep.n >= T.BOLUS_STANDARD_COUNT else
+        out.print("%d bolus%s of %s uL: mean error %s %%, largest %s %%, smallest %s %%%s" % (
+            rep.n, "" if rep.n == 1 else "es", _num(volume_ul, 4), _num(rep.mean, 2),
+            _num(rep.max, 2), _num(rep.min, 2), "" if rep.n >= T.BOLUS_STANDARD_COUNT else
             " (the method asks for %d)" % T.BOLUS_STANDARD_COUNT))  # fmt: skip
     return rep
 
@@ -835,10 +893,8 @@ def sim(rate_ul_h, hours, seed, out_dir, resolution_g, noise_g, evaporation_mg_h
     test with --boluses and --bolus-ul."""
     if boluses is not None and (bolus_ul is None or boluses < 1):
         raise BenchError("A bolus test needs --boluses of at least 1 and --bolus-ul", EXIT_USAGE)
-    if boluses is None and bolus_ul is not None:
-        raise BenchError("--bolus-ul needs --boluses", EXIT_USAGE)
-    if bolus_s < 1 or settle_s < 0:
-        raise BenchError("--bolus-s must be at least 1 and --settle-s not negative", EXIT_USAGE)
+    _refuse_unused(boluses is not None)
+    _bolus_options(bolus_s, settle_s)
     rate = _decimal_option(rate_ul_h, "--rate-ul-h")
     hrs = _decimal_option(hours, "--hours")
     dens = _decimal_option(density, "--density")
@@ -916,6 +972,8 @@ def run(balance_port, baud, balance_mode, board_port, ble_address, sim_radio, ke
                          EXIT_USAGE)
     if boluses is not None and (bolus_ul is None or boluses < 1):
         raise BenchError("A bolus test needs --boluses of at least 1 and --bolus-ul", EXIT_USAGE)
+    _refuse_unused(boluses is not None)
+    _bolus_options(bolus_s, settle_s)
     dens = _decimal_option(density, "--density")
     dt = _decimal_option(interval_s, "--interval-s")
     hrs = _decimal_option(hours, "--hours")
@@ -946,7 +1004,11 @@ def run(balance_port, baud, balance_mode, board_port, ble_address, sim_radio, ke
             "rate_ul_h_set": _num(set_rate, 6), "programme_ng_per_day": res["rate_ng_per_day"],
             "strength_ug_per_ml": res["conc"], "density_g_ml": _num(dens, 6),
             "interval_s": _num(dt, 6), "hours": _num(hrs, 6), "balance_port": balance_port,
-            "pump": board.describe(), "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}  # fmt: skip
+            "pump": board.describe(), "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "replaced_programme": res.get("replaced")}  # fmt: skip
+    out.print("The pump's programme (%s) is replaced by one step of %s uL/h for this test; put "
+              "it back afterwards with pumpctl program." % (programme_summary(res.get("replaced")),
+                                                           _num(set_rate, 4)))  # fmt: skip
     log = B.CsvLog(out_dir / "balance.csv", meta, sync=True)
     live, show = live_display(out, float(hrs * 3600))
 
@@ -1026,32 +1088,46 @@ def _open_balance(port, baud, silence_s, out_dir):
 
 
 def run_boluses(out, bal, board, count, volume_ul, bolus_s, settle_s, density, out_dir,
-                clock=time.monotonic, sleep=None, meta=None):  # fmt: skip
-    """A bolus series logged to boluses.csv and reported; raises BenchError if it stopped."""
+                clock=time.monotonic, sleep=None, meta=None, watch=None):  # fmt: skip
+    """A bolus series logged to boluses.csv and reported (the report is written whatever ends
+    the series); raises BenchError if it stopped early. watch(n, before, after, set_ul) after
+    each weighing."""
     path = out_dir / "boluses.csv"
     meta = dict(meta or {"command": "pumpbench run --boluses"}, pump=board.describe())
+    sr = Series()
+    ended = False  # the series ran its course (else an exception is on its way out)
 
     def row(n, before, after, set_ul):
         err = T.bolus_accuracy([(before, after)], set_ul, density).errors[0]
         out.print("bolus %d/%d: %s g -> %s g, error %s %%" % (n, count, before, after,
                                                              _num(err, 2)))  # fmt: skip
+        if watch is not None:
+            watch(n, before, after, set_ul)
 
-    with open(path, "w") as f:
-        f.write("# volume_ul: %s\nn,before_g,after_g\n" % volume_ul)
-        f.flush()
-        try:
-            pairs, set_ul, why = bolus_series(bal, board, f, clock, sleep or SLEEP, count,
-                                              volume_ul, bolus_s, settle_s, on_row=row)
-        finally:
-            bal.close()
-    set_ul = volume_ul if set_ul is None else set_ul
-    rep = report_bolus(out, pairs, set_ul, density)
-    meta.update(bolus=rep.as_dict(), stopped=why)
-    write_outputs(out_dir, meta, None)
+    try:
+        with open(path, "w") as f:
+            f.write("# volume_ul: %s\nn,before_g,after_g\n" % volume_ul)
+            f.flush()
+            try:
+                bolus_series(bal, board, f, clock, sleep or SLEEP, count, volume_ul, bolus_s,
+                             settle_s, on_row=row, series=sr)  # fmt: skip
+                ended = True
+            finally:
+                bal.close()
+    finally:
+        pairs, set_ul, why, given = sr
+        why = why if ended else "pumpbench failed during the series"
+        set_ul = volume_ul if set_ul is None else set_ul
+        rep = report_bolus(out, pairs, set_ul, density)
+        meta.update(bolus=rep.as_dict(), stopped=why, given=given)
+        write_outputs(out_dir, meta, None)
     if why:
         why = why.strip().rstrip(".")
-        raise BenchError("The bolus series stopped after %d of %d boluses: %s" % (
-            len(pairs), count, why[:1].lower() + why[1:]))  # fmt: skip
+        extra = ""
+        if given > len(pairs):
+            extra = " (%d given, the last not weighed)" % given
+        raise BenchError("The bolus series stopped after %d of %d boluses%s: %s" % (
+            len(pairs), count, extra, why[:1].lower() + why[1:]))  # fmt: skip
     return 0
 
 
@@ -1063,7 +1139,8 @@ def dry_run_plan(out, board, balance_port, baud, mode, rate, hrs, dt, boluses, v
         "SI every %s s" % _num(dt) if mode == "poll" else "SIR continuous output, stopped by @"))
     out.print("pump: %s" % board.describe())
     if rate is not None:
-        out.print("program a continuous %s uL/h at the pump's own strength:" % _num(rate, 6))
+        out.print("program a continuous %s uL/h at the pump's own strength (the running "
+                  "programme is replaced, its periodic and patient boluses too):" % _num(rate, 6))
     else:
         out.print("%d clinician boluses of %s uL over %d s, each weighed stable (S) before and "
                   "%d s after; per bolus:" % (boluses, _num(vol, 6), bolus_s, settle_s))
@@ -1075,6 +1152,7 @@ def dry_run_plan(out, board, balance_port, baud, mode, rate, hrs, dt, boluses, v
                   % (n, _num(hrs), out_dir / "balance.csv", out_dir))  # fmt: skip
     else:
         out.print("log: %s, then the bolus report in %s" % (out_dir / "boluses.csv", out_dir))
+    out.print("transcript: every byte on the balance's port to %s" % (out_dir / "balance.mtsics"))
     return 0
 
 
@@ -1096,7 +1174,7 @@ def main(argv=None):
         click.echo(e.format_message())  # `pumpbench` alone: the help, as a usage error
         return EXIT_USAGE
     except click.UsageError as e:
-        err.print("pumpbench: " + _sentence(e.format_message()), markup=False)
+        err.print("pumpbench: " + usage_sentence(e), markup=False)
         return EXIT_USAGE
     except click.Abort:
         err.print("pumpbench: interrupted.")
@@ -1114,6 +1192,11 @@ def main(argv=None):
         err.print("pumpbench: " + _sentence("%s (%s)" % (
             e.strerror or type(e).__name__, e.filename or "")), markup=False)
         return EXIT_PARTIAL
+    except Exception as e:  # noqa: BLE001 - a bug must still be one sentence, not a traceback
+        err.print("pumpbench: " + _sentence("an unexpected error stopped pumpbench (%s: %s); "
+                                            "please report it" % (type(e).__name__, e)),
+                  markup=False)  # fmt: skip
+        return EXIT_BUG
     return rv if isinstance(rv, int) else 0
 
 

@@ -9,7 +9,6 @@ import asyncio
 import csv
 import datetime
 import json
-import logging
 import struct
 import sys
 import threading
@@ -23,6 +22,7 @@ import itbtools  # noqa: F401  (puts firmware/ and the repo root on sys.path)
 from boards.sim import scenario as SC
 from itbtools import gatt as G
 from itbtools import pumpdata as D
+from itbtools.errors import usage_sentence
 from link import codes as K
 from link import service as SV
 from link import wire as W
@@ -80,6 +80,7 @@ class Options:
             raise Failure(str(e), EXIT_USAGE) from None
 
     def gatt(self, confirm=None):
+        G.quiet_stack_logs()
         if self.transport == "sim":
             from itbtools.gatt_bumble import BumbleGatt, default_bond_file
 
@@ -283,6 +284,35 @@ class PumpLink:
     async def alarms(self):
         return D.alarms((await self.ask("the alarms", SV.CH_STATUS_CP, K.GET_ALARMS)).data)
 
+    async def strength(self):
+        """(status, running programme, the strength a new programme must name)."""
+        st = await self.status()
+        running, _staged = await self.programmes()
+        return st, running, next_strength(st, running)
+
+    async def stage(self, what, rx, confirm):
+        """STAGE rx; the reply unchecked (the caller decides on NEEDS_CONFIRM)."""
+        return await self.ask(what, SV.CH_COMMAND_CP, K.STAGE,
+                              W.encode_rx(rx) + bytes((W.flag(confirm),)), check=False)
+
+    @staticmethod
+    def staged_echo(what, reply, rx):
+        """(running, staged) from a STAGE reply; a refusal, or an echo that is not rx, raises."""
+        if not reply.ok:
+            raise refusal(what, reply)
+        running, staged = D.programmes(reply.data)
+        if staged is None or staged[0] != rx:
+            raise ProtocolError("The pump staged something other than what was sent.")
+        return running, staged
+
+    async def commit(self, crc, confirm):
+        await self.ask("the commit", SV.CH_COMMAND_CP, K.COMMIT,
+                       struct.pack("<I", crc) + bytes((W.flag(confirm),)))
+
+    async def clinician_bolus(self, dose_ng, duration_s):
+        await self.ask("the clinician bolus", SV.CH_COMMAND_CP, K.CLINICIAN_BOLUS,
+                       struct.pack("<II", dose_ng, duration_s))
+
     async def count(self, first, last):
         reply = await self.ask("the history count", SV.CH_RACP, K.RACP_COUNT,
                                struct.pack("<II", first, last))  # fmt: skip
@@ -414,7 +444,7 @@ class _OneLineErrors(click.Group):
             click.echo(e.format_message(), err=True)
             sys.exit(EXIT_USAGE)
         except click.UsageError as e:
-            click.echo("pumpctl: %s" % e.format_message(), err=True)
+            click.echo("pumpctl: " + usage_sentence(e), err=True)
             sys.exit(EXIT_USAGE)
         except click.ClickException as e:
             click.echo("pumpctl: %s" % e.format_message(), err=True)
@@ -444,9 +474,6 @@ class _OneLineErrors(click.Group):
 @click.pass_context
 def cli(ctx, transport, address, key_path, bond_file, yes, timeout_s):
     """The clinician programmer for the ITB bench-prototype pump (never for use in humans)."""
-    # Bumble and bleak log link events at WARNING; pumpctl says what matters in its own words.
-    logging.getLogger("bumble").setLevel(logging.CRITICAL)
-    logging.getLogger("bleak").setLevel(logging.CRITICAL)
     if not timeout_s > 0:
         _fail("--timeout must be above zero.", EXIT_USAGE)
     ctx.obj = Options(transport, address, key_path, bond_file, yes, timeout_s)
@@ -753,12 +780,10 @@ def program(opts, rx_file, confirm_increase):
 
     async def go():
         async with PumpLink(opts, clinician=True, what="Changing the programme") as p:
-            st = await p.status()
-            running_now, _staged = await p.programmes()
-            rx = build(prog, strength or next_strength(st, running_now), rx_file)
+            st, _running, conc = await p.strength()
+            rx = build(prog, strength or conc, rx_file)
             confirm = confirm_increase
-            reply = await p.ask("the new programme", SV.CH_COMMAND_CP, K.STAGE,
-                                W.encode_rx(rx) + bytes((W.flag(confirm),)), check=False)
+            reply = await p.stage("the new programme", rx, confirm)
             reason = reply.reason()
             if not reply.ok and reason is not None and reason[0] == R.NEEDS_CONFIRM:
                 opts.say("The new daily dose rises by more than the pump's step limit.",
@@ -769,19 +794,13 @@ def program(opts, rx_file, confirm_increase):
                 if not await ask_yes(opts, "Confirm the large increase?"):
                     raise _cancelled("the pump keeps its running programme")
                 confirm = True
-                reply = await p.ask("the new programme", SV.CH_COMMAND_CP, K.STAGE,
-                                    W.encode_rx(rx) + bytes((K.YES,)), check=False)
-            if not reply.ok:
-                raise refusal("the new programme", reply)
-            running, staged = D.programmes(reply.data)
-            if staged is None or staged[0] != rx:
-                raise ProtocolError("The pump staged something other than what was sent.")
+                reply = await p.stage("the new programme", rx, confirm)
+            running, staged = p.staged_echo("the new programme", reply, rx)
             opts.out.print(compare_table(running, staged, st["reservoir_nl"]))
             if not await ask_yes(opts, "Commit the new programme?"):
                 raise _cancelled("the pump keeps running its programme (the new one stays "
                                  "staged, unused)")  # fmt: skip
-            await p.ask("the commit", SV.CH_COMMAND_CP, K.COMMIT,
-                        struct.pack("<I", staged[2]) + bytes((W.flag(confirm),)))
+            await p.commit(staged[2], confirm)
             return staged
 
     staged = run(go())
@@ -819,8 +838,7 @@ def bolus(opts, dose_ug, minutes):
                 if not await ask_yes(opts, "Give a clinician bolus of %s µg over %d min?" % (
                         D.ug(dose_ng), minutes)):  # fmt: skip
                     raise _cancelled("no bolus was given")
-                await p.ask("the clinician bolus", SV.CH_COMMAND_CP, K.CLINICIAN_BOLUS,
-                            struct.pack("<II", dose_ng, minutes * 60))  # fmt: skip
+                await p.clinician_bolus(dose_ng, minutes * 60)
                 return "Clinician bolus started: %s µg over %d min." % (D.ug(dose_ng), minutes)
             running, _staged = await p.programmes()
             await p.ask("the patient bolus", SV.CH_COMMAND_CP, K.PATIENT_BOLUS)
