@@ -531,9 +531,11 @@ class RefusingRig(BolusRig):
         return super().bolus(volume_ul, duration_s)
 
 
-def test_a_refusal_mid_series_still_reports_the_boluses_done(tmp_path, capsys, monkeypatch):
-    clock = TickClock()  # the balance's clock ticks per look
-    rig = RefusingRig(Fraction(998, 1000))
+def bolus_run(rig_class, tmp_path, capsys, monkeypatch):
+    """`pumpbench run --boluses 5` on a fake board of rig_class and a simulated balance whose
+    clock ticks per look: (exit code, stdout, stderr, the balance)."""
+    clock = TickClock()
+    rig = rig_class(Fraction(998, 1000))
     bal = B.Balance(B.SimBalance(lambda t: rig.mass, clock, resolution_g="0.000001"), clock)
     monkeypatch.setattr(PB, "_open_balance", lambda port, baud, silence_s, out_dir: bal)
     monkeypatch.setattr(PB, "ReplBoard", lambda port: rig)
@@ -541,6 +543,11 @@ def test_a_refusal_mid_series_still_reports_the_boluses_done(tmp_path, capsys, m
     rc, out, err = cli(capsys, "run", "--board", "b", "--balance", "x", "--boluses", "5",
                        "--bolus-ul", "20", "--bolus-s", "1", "--settle-s", "0", "--out",
                        tmp_path)  # fmt: skip
+    return rc, out, err, bal
+
+
+def test_a_refusal_mid_series_still_reports_the_boluses_done(tmp_path, capsys, monkeypatch):
+    rc, out, err, bal = bolus_run(RefusingRig, tmp_path, capsys, monkeypatch)
     assert rc == 1
     assert one_sentence(err) == ("pumpbench: The bolus series stopped after 2 of 5 boluses: the "
                                  "pump refused the bolus (bolus: daily limit reached).")
@@ -717,15 +724,7 @@ class LinkLostRig(BolusRig):
 @pytest.mark.parametrize("rig_class", [BreakingRig, LinkLostRig])
 def test_the_bolus_report_is_written_whatever_ends_the_series(tmp_path, capsys, monkeypatch,
                                                                rig_class):  # fmt: skip
-    clock = TickClock()
-    rig = rig_class(Fraction(998, 1000))
-    bal = B.Balance(B.SimBalance(lambda t: rig.mass, clock, resolution_g="0.000001"), clock)
-    monkeypatch.setattr(PB, "_open_balance", lambda port, baud, silence_s, out_dir: bal)
-    monkeypatch.setattr(PB, "ReplBoard", lambda port: rig)
-    monkeypatch.setattr(PB, "SLEEP", lambda s: None)
-    rc, out, err = cli(capsys, "run", "--board", "b", "--balance", "x", "--boluses", "5",
-                       "--bolus-ul", "20", "--bolus-s", "1", "--settle-s", "0", "--out",
-                       tmp_path)  # fmt: skip
+    rc, out, err, bal = bolus_run(rig_class, tmp_path, capsys, monkeypatch)
     rep = json.loads((tmp_path / "report.json").read_text())
     assert rep["bolus"]["boluses"] == 2 and "2 boluses of 20 uL" in out and bal.closed
     if rig_class is BreakingRig:

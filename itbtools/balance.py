@@ -574,16 +574,7 @@ def read_transcript(path):
     """Read a transcript. BalanceError with one sentence for a file that is not one or has a
     line that is not an event; a last line without its newline was cut off while written and
     is dropped (said in .notes)."""
-    try:
-        with open(path, "rb") as f:
-            raw = f.read()
-    except FileNotFoundError:
-        raise BalanceError("The transcript %s does not exist." % path) from None
-    except IsADirectoryError:
-        raise BalanceError("The transcript %s is a folder, not a file." % path) from None
-    except OSError as e:
-        raise BalanceError("Cannot read the transcript %s (%s)."
-                           % (path, e.strerror or _first_line(e))) from None  # fmt: skip
+    raw = _read_bytes(path, "transcript")
     lines = raw.split(b"\n")
     cut = lines.pop()  # b"" when the file ends with its newline
     out = Transcript()
@@ -835,20 +826,25 @@ _T_NAMES = ("t_s", "time_s", "t", "time")
 _M_NAMES = ("mass_g", "weight_g", "mass", "weight", "w_g")
 
 
+def _read_bytes(path, what):
+    """The file's bytes, or BalanceError with one sentence saying why it cannot be read."""
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except FileNotFoundError:
+        raise BalanceError("The %s %s does not exist." % (what, path)) from None
+    except IsADirectoryError:
+        raise BalanceError("The %s %s is a folder, not a file." % (what, path)) from None
+    except OSError as e:
+        raise BalanceError("Cannot read the %s %s (%s)."
+                           % (what, path, e.strerror or _first_line(e))) from None  # fmt: skip
+
+
 def read_log(path):
     """Read a balance log (this module's CsvLog or any CSV with a time column in s and a mass
     column in g). Raises BalanceError with one sentence if the file cannot be used at all;
     rows that cannot be used are dropped and described in .problems."""
-    try:
-        with open(path, "rb") as f:
-            raw = f.read()
-    except FileNotFoundError:
-        raise BalanceError("The log %s does not exist." % path) from None
-    except IsADirectoryError:
-        raise BalanceError("The log %s is a folder, not a file." % path) from None
-    except OSError as e:
-        raise BalanceError("Cannot read the log %s (%s)." % (path, _first_line(e))) from None
-    text = raw.decode("utf-8", "replace")
+    text = _read_bytes(path, "log").decode("utf-8", "replace")
     ends_cleanly = text.endswith("\n")
     lines = text.splitlines()
     data = LogData()
