@@ -10,6 +10,7 @@ import pytest
 
 from host_tests.simpump import SimPump, free_port
 from itbtools import balance as B
+from itbtools import doses as DO
 from itbtools import pumpbench as PB
 from itbtools import pumpctl as CTL
 
@@ -162,7 +163,7 @@ def test_a_bolus_series_over_ble(pump, tmp_path, capsys, monkeypatch):
     assert rc == 0, err
     conc = pump_facts(pump)[0]
     set_ul = Fraction(PB.bolus_dose_ng("1.5", conc), conc)
-    assert "2 boluses of %s uL" % PB._num(set_ul, 4) in out
+    assert "2 boluses of %s uL" % DO.num_text(set_ul, 4) in out
     rep = json.loads((tmp_path / "report.json").read_text())
     assert rep["bolus"]["boluses"] == 2 and rep["stopped"] is None
     hist = tmp_path / "h.json"

@@ -574,7 +574,7 @@ def read_transcript(path):
     """Read a transcript. BalanceError with one sentence for a file that is not one or has a
     line that is not an event; a last line without its newline was cut off while written and
     is dropped (said in .notes)."""
-    raw = _read_bytes(path, "transcript")
+    raw = read_bytes(path, "transcript")
     lines = raw.split(b"\n")
     cut = lines.pop()  # b"" when the file ends with its newline
     out = Transcript()
@@ -826,7 +826,7 @@ _T_NAMES = ("t_s", "time_s", "t", "time")
 _M_NAMES = ("mass_g", "weight_g", "mass", "weight", "w_g")
 
 
-def _read_bytes(path, what):
+def read_bytes(path, what):
     """The file's bytes, or BalanceError with one sentence saying why it cannot be read."""
     try:
         with open(path, "rb") as f:
@@ -844,7 +844,7 @@ def read_log(path):
     """Read a balance log (this module's CsvLog or any CSV with a time column in s and a mass
     column in g). Raises BalanceError with one sentence if the file cannot be used at all;
     rows that cannot be used are dropped and described in .problems."""
-    text = _read_bytes(path, "log").decode("utf-8", "replace")
+    text = read_bytes(path, "log").decode("utf-8", "replace")
     ends_cleanly = text.endswith("\n")
     lines = text.splitlines()
     data = LogData()

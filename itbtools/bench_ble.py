@@ -20,7 +20,6 @@ from itbtools.doses import (
     set_rate_ul_h,
 )
 from link import codes as K
-from pump import reasons as R
 from pump import rx as RX
 from tools.linkclient import ProtocolError
 
@@ -95,8 +94,7 @@ class BleBoard:
             ng = programmed_ng_per_day(rate_ul_h, conc)
             rx = RX.continuous(conc, ng)
             reply = await p.stage("the rate", rx, self.confirm_increase)
-            reason = reply.reason()
-            if not reply.ok and reason is not None and reason[0] == R.NEEDS_CONFIRM:
+            if p.needs_confirm(reply):
                 raise CTL.Failure("The pump needs this daily-dose increase confirmed: add "
                                   "--confirm-increase", 1)  # fmt: skip
             _running, staged = p.staged_echo("the rate", reply, rx)
@@ -108,8 +106,7 @@ class BleBoard:
                                   "committed: check with pumpctl status"
                                   % (st["rate_ng_per_day"], ng), 1)  # fmt: skip
             res = {"conc": conc, "rate_ng_per_day": ng, "programme_crc": staged[2],
-                   "replaced": None if running is None else programme_facts(running[0],
-                                                                             running[1])}
+                   "replaced": None if running is None else programme_facts(*running[:2])}
             return set_rate_ul_h(ng, conc), res
 
     def bolus(self, volume_ul, duration_s):

@@ -33,8 +33,6 @@ def num_text(x, places=3):
 def programme_facts(rx, daily_dose_ng):
     """What a rate test replaces, for its report: the running programme's daily dose, steps,
     periodic boluses and patient bolus (the board's snippet writes the same dict)."""
-    if rx is None:
-        return None
     return {"daily_dose_ng": daily_dose_ng, "steps": [list(x) for x in rx.steps],
             "periodic": [list(x) for x in rx.periodic], "patient_dose_ng": rx.patient_dose_ng,
             "patient_max_per_24h": rx.patient_max_per_24h}  # fmt: skip

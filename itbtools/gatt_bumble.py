@@ -71,6 +71,14 @@ def bond_address(path):
     return names[0] if names else None
 
 
+def _adv_name(adv):
+    """The complete local name an advertisement carries ("" if none)."""
+    name = adv.data.get(AdvertisingData.COMPLETE_LOCAL_NAME)
+    if isinstance(name, bytes):
+        name = name.decode(errors="replace")
+    return name or ""
+
+
 async def _deny(_number):
     return False
 
@@ -129,10 +137,7 @@ class BumbleGatt:
         seen = {}
 
         def on_adv(adv):
-            name = adv.data.get(AdvertisingData.COMPLETE_LOCAL_NAME)
-            if isinstance(name, bytes):
-                name = name.decode(errors="replace")
-            seen[str(adv.address)] = (str(adv.address), name or "", adv.rssi)
+            seen[str(adv.address)] = (str(adv.address), _adv_name(adv), adv.rssi)
 
         self.device.on(Device.EVENT_ADVERTISEMENT, on_adv)
         await self.device.start_scanning(filter_duplicates=True)
@@ -162,10 +167,7 @@ class BumbleGatt:
         found = asyncio.get_running_loop().create_future()
 
         def on_adv(adv):
-            name = adv.data.get(AdvertisingData.COMPLETE_LOCAL_NAME)
-            if isinstance(name, bytes):
-                name = name.decode(errors="replace")
-            if name == PUMP_NAME and not found.done():
+            if _adv_name(adv) == PUMP_NAME and not found.done():
                 found.set_result(str(adv.address))
 
         self.device.on(Device.EVENT_ADVERTISEMENT, on_adv)

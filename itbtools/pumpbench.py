@@ -31,13 +31,8 @@ from rich.table import Table
 
 from itbtools import balance as B
 from itbtools import trumpet as T
-from itbtools.doses import (
-    bolus_dose_ng,
-    num_text,
-    programme_summary,
-    programmed_ng_per_day,
-    set_rate_ul_h,
-)
+from itbtools.doses import bolus_dose_ng, programme_summary, programmed_ng_per_day, set_rate_ul_h
+from itbtools.doses import num_text as _num
 from itbtools.errors import sentence, usage_sentence
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -81,10 +76,12 @@ class BenchError(Exception):
         self.code = code
 
 
-_sentence = sentence
-
-
-_num = num_text
+def _complete(rep):
+    """0 for a complete trumpet report; else the sentence of what is missing."""
+    if not rep.complete:
+        raise BenchError("The analysis is partial: %s" % (
+            rep.notes[0].rstrip(".") if rep.notes else "no window could be computed"))
+    return 0
 
 
 def _decimal_option(text, what, positive=True):
@@ -125,7 +122,11 @@ def _refuse_unused(bolus_test):
             EXIT_USAGE)  # fmt: skip
 
 
-def _bolus_options(bolus_s, settle_s):
+def _bolus_options(boluses, bolus_ul, bolus_s, settle_s):
+    """The bolus-test options, checked (and the other test's refused)."""
+    if boluses is not None and (bolus_ul is None or boluses < 1):
+        raise BenchError("A bolus test needs --boluses of at least 1 and --bolus-ul", EXIT_USAGE)
+    _refuse_unused(boluses is not None)
     if not 1 <= bolus_s <= MAX_WAIT_S:
         raise BenchError("--bolus-s must be from 1 to %d s, not %d" % (MAX_WAIT_S, bolus_s),
                          EXIT_USAGE)  # fmt: skip
@@ -424,7 +425,6 @@ class SimRig:
         self.out0 = self.plant.out_u(self.t0_ms)
         self.density = T.exact(density)
         self.start_g = T.exact(start_g)
-        self._unit_g = self.density / (self.plant.unit_den * 10**6)  # g per volume unit
 
     def request(self, name, *args):
         bad = self.vp.submit(name, *args)
@@ -439,14 +439,17 @@ class SimRig:
     def run_to(self, t_s):
         self.vp.run_until(self.t0_ms + math.ceil(Fraction(t_s) * 1000))
 
-    def delivered_nl(self):
-        """What left the catheter tip since the programme started (nL, exact): the truth the
-        balance only estimates."""
-        return Fraction(self.plant.out_u(self.vp.loop.now) - self.out0, self.plant.unit_den)
+    def wait(self, s):
+        self.run_to(self.now_s() + T.exact(s))
+
+    def delivered_nl(self, t_s=None):
+        """What left the catheter tip from the programme's start to t_s (default now), in nL
+        exactly: the truth the balance only estimates."""
+        ms = self.vp.loop.now if t_s is None else self.t0_ms + math.floor(Fraction(t_s) * 1000)
+        return Fraction(self.plant.out_u(ms) - self.out0, self.plant.unit_den)
 
     def mass_g(self, t_s):
-        ms = self.t0_ms + math.floor(Fraction(t_s) * 1000)
-        return self.start_g + (self.plant.out_u(ms) - self.out0) * self._unit_g
+        return self.start_g + self.delivered_nl(t_s) * self.density / 10**6
 
     def stop(self):
         self.vp.stop()
@@ -525,9 +528,9 @@ SIM_BOLUS_BASAL_UL_H = Fraction(1, 4)
 
 def run_sim_boluses(out, count, volume_ul, bolus_s, settle_s, seed, out_dir, density,
                     balance_opts):  # fmt: skip
-    """A bolus series on the virtual pump weighed by the simulated balance: the `bolus` part of
-    its report. The report also gives what truly left the catheter tip between weighings
-    (`true_volumes_nl`, from the plant model), which only a simulation knows."""
+    """A bolus series on the virtual pump weighed by the simulated balance: its report, which
+    also gives what truly left the catheter tip between weighings (`true_volumes_nl`, from the
+    plant model), which only a simulation knows."""
     out_dir.mkdir(parents=True, exist_ok=True)
     rig = SimRig(SIM_BOLUS_BASAL_UL_H, seed, density, balance_opts["start_g"])
     bal = _sim_balance(rig, seed, balance_opts)
@@ -543,19 +546,16 @@ def run_sim_boluses(out, count, volume_ul, bolus_s, settle_s, seed, out_dir, den
     marks = [rig.delivered_nl()]
     meta["true_volumes_nl"] = true = []
 
-    def sleep(s):
-        rig.run_to(rig.now_s() + T.exact(s))
-
     def weighed(*_row):
         marks.append(rig.delivered_nl())
         true.append(_num(marks[-1] - marks[-2], 3))
 
     try:
-        run_boluses(out, bal, SimBoard(rig), count, volume_ul, bolus_s, settle_s, density,
-                    out_dir, clock=rig.now_s, sleep=sleep, meta=meta, watch=weighed)
+        return run_boluses(out, bal, SimBoard(rig), count, volume_ul, bolus_s, settle_s,
+                           density, out_dir, clock=rig.now_s, sleep=rig.wait, meta=meta,
+                           watch=weighed)  # fmt: skip
     finally:
         rig.stop()
-    return json.loads((out_dir / "report.json").read_text())
 
 
 # ---- the real rig ----
@@ -765,6 +765,20 @@ def _common_analysis(f):
     return f
 
 
+def _bolus_test(boluses_help):
+    """The options of a bolus test (`run` and `sim`)."""
+
+    def options(f):
+        f = click.option("--settle-s", default=120, show_default=True, type=int,
+                         help="wait after each bolus before weighing (s)")(f)
+        f = click.option("--bolus-s", default=300, show_default=True, type=int,
+                         help="duration of each bolus (s)")(f)
+        f = click.option("--bolus-ul", default=None, help="volume of each bolus (uL)")(f)
+        return click.option("--boluses", default=None, type=int, help=boluses_help)(f)
+
+    return options
+
+
 @cli.command()
 @click.argument("log", type=click.Path(dir_okay=True, path_type=Path))
 @click.option("--rate-ul-h", required=True, help="set rate of the test (uL/h)")
@@ -798,15 +812,12 @@ def trumpet(log, rate_ul_h, pulse_nl, out_dir, density, interval_s, analysis_sta
             "dropped_rows": [p[1] for p in data.problems],
             "logged_problems": data.logged_problems}  # fmt: skip
     for _no, why in data.problems[:5]:
-        console(err=True).print("warning: " + _sentence(why))
+        console(err=True).print("warning: " + sentence(why))
     if len(data.problems) > 5:
         console(err=True).print("warning: %d more rows dropped." % (len(data.problems) - 5))
     rep, _d = analyse_and_report(out, out_dir, data.samples, rate, dens, dt, pulse, start, end,
                                  wins, meta, not no_plots, "Trumpet: %s" % log.name)
-    if not rep.complete:
-        raise BenchError("The analysis is partial: %s" % (
-            rep.notes[0].rstrip(".") if rep.notes else "no window could be computed"))
-    return 0
+    return _complete(rep)
 
 
 @cli.command()
@@ -831,11 +842,9 @@ def bolus(log, volume_ul, density, out_dir):
 
 def read_bolus_log(path):
     try:
-        lines = Path(path).read_text(encoding="utf-8", errors="replace").splitlines()
-    except FileNotFoundError:
-        raise BenchError("The bolus log %s does not exist" % path) from None
-    except OSError as e:
-        raise BenchError("Cannot read the bolus log %s (%s)" % (path, B._first_line(e))) from None
+        lines = B.read_bytes(path, "bolus log").decode("utf-8", "replace").splitlines()
+    except B.BalanceError as e:
+        raise BenchError(str(e)) from None
     pairs, problems = [], []
     for no, line in enumerate(lines, 1):
         s = line.strip()
@@ -878,23 +887,14 @@ def report_bolus(out, pairs, volume_ul, density):
               help="share of balance commands left unanswered")
 @click.option("--balance-dies-after-min", default=None, hidden=True,
               help="the simulated balance stops answering then (a test of the failure path)")
-@click.option("--boluses", default=None, type=int,
-              help="a bolus test instead: this many clinician boluses (basal 0.25 uL/h)")
-@click.option("--bolus-ul", default=None, help="volume of each bolus (uL)")
-@click.option("--bolus-s", default=300, show_default=True, type=int,
-              help="duration of each bolus (s)")
-@click.option("--settle-s", default=120, show_default=True, type=int,
-              help="wait after each bolus before weighing (s)")
+@_bolus_test("a bolus test instead: this many clinician boluses (basal 0.25 uL/h)")
 @_common_analysis
 def sim(rate_ul_h, hours, seed, out_dir, resolution_g, noise_g, evaporation_mg_h, garbage,
         dropout, balance_dies_after_min, boluses, bolus_ul, bolus_s, settle_s, density,
         interval_s, analysis_start_min, analysis_end_min, windows, no_plots):  # fmt: skip
     """The whole pipeline on the virtual pump with a simulated balance: a rate test, or a bolus
     test with --boluses and --bolus-ul."""
-    if boluses is not None and (bolus_ul is None or boluses < 1):
-        raise BenchError("A bolus test needs --boluses of at least 1 and --bolus-ul", EXIT_USAGE)
-    _refuse_unused(boluses is not None)
-    _bolus_options(bolus_s, settle_s)
+    _bolus_options(boluses, bolus_ul, bolus_s, settle_s)
     rate = _decimal_option(rate_ul_h, "--rate-ul-h")
     hrs = _decimal_option(hours, "--hours")
     dens = _decimal_option(density, "--density")
@@ -924,10 +924,7 @@ def sim(rate_ul_h, hours, seed, out_dir, resolution_g, noise_g, evaporation_mg_h
     if acq.stopped:
         raise BenchError("The test stopped early: %s; the report covers what was logged"
                          % acq.stopped)  # fmt: skip
-    if not rep.complete:
-        raise BenchError("The analysis is partial: %s" % (
-            rep.notes[0].rstrip(".") if rep.notes else "no window could be computed"))
-    return 0
+    return _complete(rep)
 
 
 @cli.command()
@@ -950,12 +947,7 @@ def sim(rate_ul_h, hours, seed, out_dir, resolution_g, noise_g, evaporation_mg_h
               help="over BLE: confirm a rate whose daily dose rises beyond the pump's step")
 @click.option("--rate-ul-h", default=None, help="run this continuous rate (uL/h)")
 @click.option("--hours", default="2", show_default=True, help="length of a rate test (h)")
-@click.option("--boluses", default=None, type=int, help="run this many boluses instead")
-@click.option("--bolus-ul", default=None, help="volume of each bolus (uL)")
-@click.option("--bolus-s", default=300, show_default=True, type=int,
-              help="duration of each bolus (s)")
-@click.option("--settle-s", default=120, show_default=True, type=int,
-              help="wait after each bolus before weighing (s)")
+@_bolus_test("run this many boluses instead")
 @click.option("--silence-s", default=60, show_default=True, type=int,
               help="stop when the balance says nothing for this long (s)")
 @click.option("--out", "out_dir", default=None, type=click.Path(path_type=Path),
@@ -970,10 +962,7 @@ def run(balance_port, baud, balance_mode, board_port, ble_address, sim_radio, ke
     if (rate_ul_h is None) == (boluses is None):
         raise BenchError("Give either --rate-ul-h (a rate test) or --boluses with --bolus-ul",
                          EXIT_USAGE)
-    if boluses is not None and (bolus_ul is None or boluses < 1):
-        raise BenchError("A bolus test needs --boluses of at least 1 and --bolus-ul", EXIT_USAGE)
-    _refuse_unused(boluses is not None)
-    _bolus_options(bolus_s, settle_s)
+    _bolus_options(boluses, bolus_ul, bolus_s, settle_s)
     dens = _decimal_option(density, "--density")
     dt = _decimal_option(interval_s, "--interval-s")
     hrs = _decimal_option(hours, "--hours")
@@ -991,10 +980,17 @@ def run(balance_port, baud, balance_mode, board_port, ble_address, sim_radio, ke
                             boluses, vol, bolus_s, settle_s, out_dir)  # fmt: skip
     if not balance_port:
         raise BenchError("A test on the rig needs --balance PORT", EXIT_USAGE)
-    bal = _open_balance(balance_port, baud, silence_s, out_dir)
+    created = not out_dir.exists()
     out_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        bal = _open_balance(balance_port, baud, silence_s, out_dir)
+    except BenchError:
+        if created and not any(out_dir.iterdir()):
+            out_dir.rmdir()  # no empty report folder is left behind
+        raise
     if boluses is not None:
-        return run_boluses(out, bal, board, boluses, vol, bolus_s, settle_s, dens, out_dir)
+        run_boluses(out, bal, board, boluses, vol, bolus_s, settle_s, dens, out_dir)
+        return 0
     try:
         set_rate, res = board.program_rate(rate)
     except BenchError:
@@ -1038,10 +1034,7 @@ def run(balance_port, baud, balance_mode, board_port, ble_address, sim_radio, ke
     if acq.stopped:
         raise BenchError("The test stopped early: %s; the log and a partial report are in %s"
                          % (acq.stopped, out_dir))  # fmt: skip
-    if not rep.complete:
-        raise BenchError("The analysis is partial: %s" % (rep.notes[0].rstrip(".") if rep.notes
-                                                          else "no window could be computed"))
-    return 0
+    return _complete(rep)
 
 
 def pump_board(board_port, ble_address, sim_radio, key_path, bond_file, confirm_increase,
@@ -1076,22 +1069,18 @@ def pump_board(board_port, ble_address, sim_radio, key_path, bond_file, confirm_
 def _open_balance(port, baud, silence_s, out_dir):
     """The balance's port, everything passing on it recorded in out_dir/balance.mtsics (a
     transcript: the raw session, for a question the CSV cannot answer, and for the tests)."""
-    created = not out_dir.exists()
-    out_dir.mkdir(parents=True, exist_ok=True)
     try:
         return B.Balance.open(port, time.monotonic, baud=baud, silence_s=silence_s,
                               transcript=out_dir / "balance.mtsics")  # fmt: skip
     except B.BalanceError as e:
-        if created and not any(out_dir.iterdir()):
-            out_dir.rmdir()
         raise BenchError(str(e)) from None
 
 
 def run_boluses(out, bal, board, count, volume_ul, bolus_s, settle_s, density, out_dir,
                 clock=time.monotonic, sleep=None, meta=None, watch=None):  # fmt: skip
-    """A bolus series logged to boluses.csv and reported (the report is written whatever ends
-    the series); raises BenchError if it stopped early. watch(n, before, after, set_ul) after
-    each weighing."""
+    """A bolus series logged to boluses.csv and reported in report.json (written whatever ends
+    the series); returns the report, or raises BenchError if the series stopped early.
+    watch(n, before, after, set_ul) after each weighing."""
     path = out_dir / "boluses.csv"
     meta = dict(meta or {"command": "pumpbench run --boluses"}, pump=board.describe())
     sr = Series()
@@ -1128,7 +1117,7 @@ def run_boluses(out, bal, board, count, volume_ul, bolus_s, settle_s, density, o
             extra = " (%d given, the last not weighed)" % given
         raise BenchError("The bolus series stopped after %d of %d boluses%s: %s" % (
             len(pairs), count, extra, why[:1].lower() + why[1:]))  # fmt: skip
-    return 0
+    return meta
 
 
 def dry_run_plan(out, board, balance_port, baud, mode, rate, hrs, dt, boluses, vol, bolus_s,
@@ -1180,28 +1169,24 @@ def main(argv=None):
         err.print("pumpbench: interrupted.")
         return EXIT_PARTIAL
     except BenchError as e:
-        err.print("pumpbench: " + _sentence(e), markup=False)
+        err.print("pumpbench: " + sentence(e), markup=False)
         return e.code
     except KeyboardInterrupt:
         err.print("pumpbench: interrupted.")
         return EXIT_PARTIAL
     except (B.BalanceError, ValueError) as e:
-        err.print("pumpbench: " + _sentence(e), markup=False)
+        err.print("pumpbench: " + sentence(e), markup=False)
         return EXIT_PARTIAL
     except OSError as e:
-        err.print("pumpbench: " + _sentence("%s (%s)" % (
+        err.print("pumpbench: " + sentence("%s (%s)" % (
             e.strerror or type(e).__name__, e.filename or "")), markup=False)
         return EXIT_PARTIAL
     except Exception as e:  # noqa: BLE001 - a bug must still be one sentence, not a traceback
-        err.print("pumpbench: " + _sentence("an unexpected error stopped pumpbench (%s: %s); "
+        err.print("pumpbench: " + sentence("an unexpected error stopped pumpbench (%s: %s); "
                                             "please report it" % (type(e).__name__, e)),
                   markup=False)  # fmt: skip
         return EXIT_BUG
     return rv if isinstance(rv, int) else 0
-
-
-def entry():  # pragma: no cover - the installed script
-    sys.exit(main())
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -190,7 +190,7 @@ class PumpLink:
             self.session = LS.Session(self.gatt, self.pump_id, self.role, self.key,
                                       self.counter, self.opts.timeout_s)  # fmt: skip
             await self.session.start()
-            await self._login()
+            await self.session.login(self._auth_refused)
         except BaseException:
             await self.close()
             raise
@@ -198,12 +198,6 @@ class PumpLink:
 
     async def __aexit__(self, *exc):
         await self.close()
-
-    async def _next(self, ch):
-        try:
-            return await asyncio.wait_for(self.session.queues[ch].get(), self.opts.timeout_s)
-        except TimeoutError:
-            raise ProtocolError("The pump did not answer in time.") from None
 
     def _auth_refused(self, frame):
         try:
@@ -228,17 +222,6 @@ class PumpLink:
                           EXIT_REFUSED)  # fmt: skip
         raise Failure("The pump refused the session (%s)." % K.RESULT_NAMES.get(
             result, "code 0x%02X" % result), EXIT_LINK)  # fmt: skip
-
-    async def _login(self):
-        c = self.session.client
-        ch = SV.CH_AUTH_CP
-        await self.session.write(ch, c.auth_start(ch))
-        frame = await self._next(ch)
-        self._auth_refused(frame)
-        await self.session.write(ch, c.auth_proof(ch, frame))
-        frame = await self._next(ch)
-        self._auth_refused(frame)
-        c.auth_result(ch, frame)
 
     async def close(self):
         try:
@@ -294,6 +277,12 @@ class PumpLink:
         """STAGE rx; the reply unchecked (the caller decides on NEEDS_CONFIRM)."""
         return await self.ask(what, SV.CH_COMMAND_CP, K.STAGE,
                               W.encode_rx(rx) + bytes((W.flag(confirm),)), check=False)
+
+    @staticmethod
+    def needs_confirm(reply):
+        """Whether a STAGE reply is the pump asking for a large increase to be confirmed."""
+        reason = reply.reason()
+        return not reply.ok and reason is not None and reason[0] == R.NEEDS_CONFIRM
 
     @staticmethod
     def staged_echo(what, reply, rx):
@@ -784,8 +773,7 @@ def program(opts, rx_file, confirm_increase):
             rx = build(prog, strength or conc, rx_file)
             confirm = confirm_increase
             reply = await p.stage("the new programme", rx, confirm)
-            reason = reply.reason()
-            if not reply.ok and reason is not None and reason[0] == R.NEEDS_CONFIRM:
+            if p.needs_confirm(reply):
                 opts.say("The new daily dose rises by more than the pump's step limit.",
                          style="bold yellow")  # fmt: skip
                 if opts.yes and not confirm_increase:

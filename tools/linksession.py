@@ -46,13 +46,20 @@ class Session:
         except TimeoutError:
             raise ProtocolError("The pump did not answer in time.") from None
 
-    async def login(self):
-        """Authenticate the role; returns the pump's last counter for it."""
+    async def login(self, check=None):
+        """Authenticate the role; returns the pump's last counter for it. check(frame), if
+        given, sees each of the pump's answers first (to word a refusal its own way)."""
         c = self.client
-        await self.write(SV.CH_AUTH_CP, c.auth_start(SV.CH_AUTH_CP))
-        proof = c.auth_proof(SV.CH_AUTH_CP, await self._next(SV.CH_AUTH_CP))
-        await self.write(SV.CH_AUTH_CP, proof)
-        return c.auth_result(SV.CH_AUTH_CP, await self._next(SV.CH_AUTH_CP))
+        ch = SV.CH_AUTH_CP
+        await self.write(ch, c.auth_start(ch))
+        frame = await self._next(ch)
+        if check is not None:
+            check(frame)
+        await self.write(ch, c.auth_proof(ch, frame))
+        frame = await self._next(ch)
+        if check is not None:
+            check(frame)
+        return c.auth_result(ch, frame)
 
     async def ask(self, ch, op, operand=b""):
         """One command; its checked Reply (records first, then the response)."""
