@@ -131,8 +131,9 @@ class Radio:
         self._alarm_value = None
         self._battery_level = -1
         self._changed_value = -1
+        self._rx_seen = self._staged_seen = None  # what the Status changed bits last saw
+        self._log_seq = 0
         self._connected_changed = False
-        self.events = 0
 
     # ---- the IRQ handler: copy, signal, nothing else ----
 
@@ -349,7 +350,6 @@ class Radio:
             i = n * _FIELDS
             kind = r[i + _KIND]
             conn = r[i + _CONN]
-            self.events += 1
             if kind == _IRQ_CENTRAL_CONNECT:
                 used = list(self._conn_slot.values())
                 slot = 0
@@ -480,6 +480,12 @@ class Radio:
         self._counter[ch] = (n + 1) & 0xFF
         return W.seal(body, n)
 
+    def _publish(self, ch, body, first):
+        # The new value, sealed, and (after the first) indicated to every subscriber.
+        self.ble.gatts_write(self.handles[ch], self._seal_value(ch, body))
+        if not first:
+            self._indicate_all(ch)
+
     def _update_values(self, first):
         svc = self.service
         ble = self.ble
@@ -488,23 +494,27 @@ class Radio:
             if not first:
                 svc.changed |= SV.CHANGED_STATUS
             self._status_value = status
-            ble.gatts_write(self.handles[SV.CH_STATUS], self._seal_value(SV.CH_STATUS, status))
-            if not first:
-                self._indicate_all(SV.CH_STATUS)
+            self._publish(SV.CH_STATUS, status, first)
         alarm = svc.alarm_record()
         if first or alarm != self._alarm_value:
             if not first:
                 svc.changed |= SV.CHANGED_ALARM
             self._alarm_value = alarm
-            ble.gatts_write(self.handles[SV.CH_ALARM], self._seal_value(SV.CH_ALARM, alarm))
-            if not first:
-                self._indicate_all(SV.CH_ALARM)
+            self._publish(SV.CH_ALARM, alarm, first)
+        # A new running or staged programme is a new object; a new record, a new sequence number.
+        rx = self.app.sup.engine.rx
+        staged = self.app.sup.staged
+        if not first and (rx is not self._rx_seen or staged is not self._staged_seen):
+            svc.changed |= SV.CHANGED_PROGRAMME
+        self._rx_seen = rx
+        self._staged_seen = staged
+        seq = self.app.store.log.seq
+        if not first and seq != self._log_seq:
+            svc.changed |= SV.CHANGED_HISTORY
+        self._log_seq = seq
         if svc.changed != self._changed_value:
             self._changed_value = svc.changed
-            ble.gatts_write(self.handles[SV.CH_CHANGED],
-                            self._seal_value(SV.CH_CHANGED, struct.pack("<H", svc.changed)))
-            if not first:
-                self._indicate_all(SV.CH_CHANGED)
+            self._publish(SV.CH_CHANGED, struct.pack("<H", svc.changed), first)
         if first:
             ble.gatts_write(self.handles[SV.CH_FEATURES],
                             self._seal_value(SV.CH_FEATURES, svc.features()))

@@ -308,3 +308,25 @@ def test_a_lost_link_mid_session_keeps_therapy():
         assert ["clinician", "disconnect"] == b.events("ble_session_end")[-1][1:]
 
     run(go)
+
+
+def test_status_changed_names_the_programme_and_the_history():
+    def bits(value):
+        return struct.unpack("<H", W.unseal(value)[0])[0]
+
+    async def go(b):
+        await b.paired()
+        s = await b.session(K.CLINICIAN)
+        assert (await s.ask(SV.CH_STATUS_CP, K.RESET_CHANGED)).ok
+        await asyncio.sleep(1.5)
+        before = bits(await s.read(SV.CH_CHANGED))
+        new = RX.continuous(S.CONC, 340_000)
+        assert (await s.ask(SV.CH_COMMAND_CP, K.STAGE, W.encode_rx(new) + bytes((K.YES,)))).ok
+        await asyncio.sleep(1.5)
+        after = bits(await s.read(SV.CH_CHANGED))
+        # Staging made a new staged programme and logged it; nothing else changed that second.
+        assert not before & SV.CHANGED_PROGRAMME
+        assert after & SV.CHANGED_PROGRAMME and after & SV.CHANGED_HISTORY
+        assert not after & SV.CHANGED_ALARM
+
+    run(go)

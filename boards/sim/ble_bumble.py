@@ -247,10 +247,11 @@ _current = None
 class BLE:
     """bluetooth.BLE over a Bumble Device (peripheral role).
 
-    BLE(device_or_transport) makes a new adapter and the current one; BLE() returns the
-    current one, as MicroPython's singleton. Knobs for tests: passkey_timeout_s (SMP waits
-    this long for gap_passkey), indicate_timeout_s (ATT transaction timeout) and notify_pool
-    (None, or how many ACL packets may be queued before gatts_notify raises ENOMEM).
+    BLE(device) makes a new adapter and the current one (open_hci builds the device over a
+    transport); BLE() returns the current one, as MicroPython's singleton. Knobs for tests:
+    passkey_timeout_s (SMP waits this long for gap_passkey), indicate_timeout_s (ATT
+    transaction timeout) and notify_pool (None, or how many ACL packets may be queued before
+    gatts_notify raises ENOMEM).
     """
 
     def __new__(cls, device=None, **kwargs):
@@ -265,11 +266,6 @@ class BLE:
         global _current
         if device is None:
             return
-        if not isinstance(device, Device):
-            # A Bumble transport (source/sink): the Device is powered on by active(True).
-            device = Device.with_hci(
-                "pump", hci.Address(PUMP_ADDRESS), device.source, device.sink
-            )
         self._device = device
         self._loop = asyncio.get_running_loop()
         self.passkey_timeout_s = passkey_timeout_s

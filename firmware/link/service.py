@@ -34,8 +34,7 @@ _RESPONSE_OP = {CH_STATUS_CP: K.STATUS_RESPONSE, CH_COMMAND_CP: K.COMMAND_RESPON
                 CH_RACP: K.RACP_RESPONSE}  # fmt: skip
 _OPS = {CH_STATUS_CP: K.STATUS_OPS, CH_COMMAND_CP: K.COMMAND_OPS, CH_RACP: K.RACP_OPS}
 # Ops that change nothing: their log entries need no commit of their own.
-_READS = (K.GET_STATUS, K.GET_PROGRAMME, K.GET_LIMITS, K.GET_ALARMS, K.GET_REFILL,
-          K.RESET_CHANGED, K.RACP_REPORT, K.RACP_COUNT, K.RACP_ABORT)  # fmt: skip
+_READS = K.STATUS_OPS + K.RACP_OPS
 DATA_CHAR = {CH_STATUS_CP: CH_COMMAND_DATA, CH_COMMAND_CP: CH_COMMAND_DATA,
               CH_RACP: CH_HISTORY_DATA}  # fmt: skip
 
@@ -78,10 +77,20 @@ class Session:
         self.used_ms = now_ms
 
 
+def _counter_refused(s, counter):
+    """The result refusing a command counter session s cannot take (0 if it can): not above the
+    last one, or so far above it that one frame could use up the role's counters for good."""
+    if counter <= s.last_counter:
+        return K.REPLAYED
+    if counter - s.last_counter > COUNTER_STEP_MAX:
+        return K.BAD_OPERAND
+    return 0
+
+
 class Conn:
     """One BLE connection: its link security, MTU, end-to-end counters and session."""
 
-    def __init__(self, handle, now_ms):
+    def __init__(self, handle):
         self.handle = handle
         self.secure = False  # encrypted, authenticated (MITM-protected), bonded, 16-byte key
         self.mtu = DEFAULT_MTU
@@ -92,7 +101,6 @@ class Conn:
         self.busy = False  # a procedure runs (its final answer not yet handed over)
         self.proc = 0  # procedures started on this connection
         self.abort = False  # an authenticated RACP abort arrived during a report
-        self.connected_ms = now_ms
         self.log_minute = -1
         self.logged = 0
         self.unlogged = 0  # refusals past the per-minute budget, logged as a count
@@ -119,8 +127,7 @@ class Service:
     # ---- the link, as the shell reports it ----
 
     def connected(self, handle, addr):
-        now = self.clock.now_ms()
-        self.conns[handle] = Conn(handle, now)
+        self.conns[handle] = Conn(handle)
         self._note("ble_connect", handle, addr)
 
     def disconnected(self, handle):
@@ -248,18 +255,12 @@ class Service:
 
     async def _authenticated(self, c, ch, s, op, counter, operand):
         """(result, data) of an authenticated command."""
-        if counter <= s.last_counter:
-            return K.REPLAYED, b""
-        if counter - s.last_counter > COUNTER_STEP_MAX:
-            # One frame must not be able to use up a role's counters for good.
-            return K.BAD_OPERAND, b""
-        s.used_ms = self.clock.now_ms()
-        s.last_counter = counter
-        name = K.ROLE_NAMES[s.role]
-        if counter > self.app.sup.counters.get(name, 0):
-            # Saved before the command acts, so no reboot can make this counter valid again:
-            # as a reservation of the next COUNTER_RESERVE counters, so that a client reading
-            # the status often writes the flash once per COUNTER_RESERVE reads, not at each.
+        bad = _counter_refused(s, counter)
+        if bad:
+            return bad, b""
+        name = self._take_counter(s, counter)
+        if name is not None:
+            # Saved before the command acts, so no reboot can make this counter valid again.
             res = await self.app.request("use_counter", name, counter + COUNTER_RESERVE)
             if res is not None and res != self.app.NOT_SAVED:
                 if res.code == R.ALREADY_DONE:
@@ -276,6 +277,15 @@ class Service:
         except W.Bad as e:
             return e.code, b""
 
+    def _take_counter(self, s, counter):
+        """Mark counter used by session s; the role's name when it passes what the flash holds
+        (a reservation of the next COUNTER_RESERVE counters is then due: a client reading the
+        status often writes the flash once per COUNTER_RESERVE reads, not at each), else None."""
+        s.used_ms = self.clock.now_ms()
+        s.last_counter = counter
+        name = K.ROLE_NAMES[s.role]
+        return name if counter > self.app.sup.counters.get(name, 0) else None
+
     async def _while_busy(self, c, ch, frame):
         # Only an abort of a running report is taken now; anything else waits its turn, which
         # the client learns as BUSY (nothing changed).
@@ -290,17 +300,16 @@ class Service:
             if (ch != CH_RACP or op != K.RACP_ABORT or operand
                     or not W.check_command_mac(s.key, op, counter, operand, mac)):  # fmt: skip
                 raise W.Bad(K.BUSY, "a procedure is running")
-            if counter <= s.last_counter:
-                raise W.Bad(K.REPLAYED, "replayed counter")
+            bad = _counter_refused(s, counter)
+            if bad:
+                raise W.Bad(bad, "counter")
         except W.Bad as e:
             self._refused_frame(c, ch, op, e.code)
             await self._respond(c, ch, None, _RESPONSE_OP[ch], op, counter, e.code, final=False)
             return e.code
         c.e2e_in[ch] = e2e
-        s.last_counter = counter
-        s.used_ms = self.clock.now_ms()
-        name = K.ROLE_NAMES[s.role]
-        if counter > self.app.sup.counters.get(name, 0):
+        name = self._take_counter(s, counter)
+        if name is not None:
             self.app.submit("use_counter", name, counter + COUNTER_RESERVE)
         c.abort = True
         self._note("ble_command", c.handle, K.ROLE_NAMES[s.role], op, K.SUCCESS, commit=False)
@@ -453,9 +462,8 @@ class Service:
     def battery_level(self):
         """Battery Level (0-100 %): the charge budget left above the end-of-service reserve."""
         b = self.app.sup.battery
-        cap = b.cell.capacity_uah * 3_600_000
-        usable = cap - cap * b.cell.eos_reserve_pct // 100
         left = b.budget_nc()
+        usable = left + b.used_nc
         if left <= 0 or usable <= 0:
             return 0
         return min(100, left * 100 // usable)
@@ -467,9 +475,7 @@ class Service:
             if held >= 0:
                 return held
             return eng.rx.step_rate_at(eng.schedule_tod_ms() // L.MIN_MS)
-        if eng.mode == E.MODE_MINIMUM:
-            return L.HARD_MIN_RATE_NL_PER_DAY * eng.conc // 1000
-        return 0
+        return eng.mode_rate_ng()
 
     def _programmes(self):
         # The running programme and the staged one, each with its daily dose: the clinician

@@ -1,13 +1,13 @@
 # Byte layouts of the radio protocol (docs/protocol.md): the end-to-end seal, authentication,
 # command and response frames, and the operands. Strict: a frame is its exact length or refused.
 
-import binascii
 import hashlib
 import struct
 
 from link import codes as K
 from link.crc16 import crc16
 from link.mac import equal, hmac_sha256  # noqa: F401 (equal: for the service)
+from pump.codec import crc32  # noqa: F401 (names a staged prescription's encoding in COMMIT)
 
 E2E_LEN = 3  # counter u8, CRC-16 u16
 NONCE_LEN = 12
@@ -15,8 +15,6 @@ PROOF_LEN = 15  # the client's proof of its role key (fits a 20-byte ATT payload
 PUMP_PROOF_LEN = 10
 MAC_LEN = 8
 CMD_HEAD = "<HI"  # op code, counter
-CMD_OVERHEAD = 6 + MAC_LEN + E2E_LEN
-COUNTER_MAX = 0xFFFFFFFF
 TO_PUMP = b"\x00"
 FROM_PUMP = b"\x01"
 sha256 = hashlib.sha256
@@ -232,6 +230,3 @@ def chunks(data, size):
     return [data[i : i + size] for i in range(0, len(data), size)]
 
 
-def crc32(data):
-    """The CRC-32 that names a staged prescription's encoding in COMMIT."""
-    return binascii.crc32(data) & 0xFFFFFFFF

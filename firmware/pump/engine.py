@@ -351,7 +351,7 @@ class Engine:
         margin = self.limiter.margin_ng(peak_ng)
         return self.limiter.window_ok(self.day, self._t, fut, margin, limit_ng)
 
-    def _mode_rate_ng(self):
+    def mode_rate_ng(self):
         # Dose rate of the minimum-rate mode (0 otherwise), for projections without a programme.
         if self.mode == MODE_MINIMUM:
             return L.HARD_MIN_RATE_NL_PER_DAY * self.conc // 1000
@@ -478,7 +478,7 @@ class Engine:
         # What runs now, and what was commanded in the last 24 h, must fit the new limits,
         # or accepting them would make the limiter block delivery.
         rx = self.rx if self.mode == MODE_PROGRAM else None
-        peak = self._streams_rate_ng() + self._mode_rate_ng()
+        peak = self._streams_rate_ng() + self.mode_rate_ng()
         if rx is not None:
             peak += RX.peak_rate_ng_per_day(rx)
             bad = RX.validate(rx, lim, self.limiter.margin_ng(peak))
@@ -486,7 +486,7 @@ class Engine:
                 return bad
         if not RX.vol_rate_ok(peak, self._flow_conc(), lim.max_rate_nl_per_day):
             return Refusal(R.RATE_LIMIT, "max_rate_nl_per_day")
-        if not self._projection_ok(rx, self._mode_rate_ng(), 0, peak, lim.max_24h_ng):
+        if not self._projection_ok(rx, self.mode_rate_ng(), 0, peak, lim.max_24h_ng):
             return Refusal(R.DAILY_LIMIT, "max_24h_ng")
         old = self.lim
         self.lim = lim
@@ -538,12 +538,12 @@ class Engine:
             return bad
         rate_ng = RX.bolus_rate_ru(dose_ng, duration_s * 1000) * L.RATE_RES_NG_PER_DAY
         rx = self.rx if self.mode == MODE_PROGRAM else None
-        base = self._streams_rate_ng() + self._mode_rate_ng()
+        base = self._streams_rate_ng() + self.mode_rate_ng()
         if rx is not None:
             base += RX.peak_rate_ng_per_day(rx)
         if not RX.vol_rate_ok(base + rate_ng, self._flow_conc(), self.lim.max_rate_nl_per_day):
             return Refusal(R.RATE_LIMIT, field + ".duration_s")
-        if not self._projection_ok(rx, self._mode_rate_ng(), dose_ng, base + rate_ng):
+        if not self._projection_ok(rx, self.mode_rate_ng(), dose_ng, base + rate_ng):
             return Refusal(R.DAILY_LIMIT, field + ".dose_ng")
         return None
 
