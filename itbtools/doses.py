@@ -4,7 +4,7 @@
 import math
 from fractions import Fraction
 
-from itbtools.trumpet import exact
+from itbtools.trumpet import exact, num_text
 
 
 def programmed_ng_per_day(rate_ul_h, conc_ug_per_ml):
@@ -23,11 +23,6 @@ def set_rate_ul_h(ng_per_day, conc_ug_per_ml):
 def bolus_dose_ng(volume_ul, conc_ug_per_ml):
     """The dose (ng, to the nearest) that gives volume_ul at the pump's strength."""
     return math.floor(exact(volume_ul) * conc_ug_per_ml + Fraction(1, 2))
-
-
-def num_text(x, places=3):
-    """A number as a short decimal for people (at most `places` decimals, no trailing zeros)."""
-    return ("%.*f" % (places, float(x))).rstrip("0").rstrip(".")
 
 
 def programme_facts(rx, daily_dose_ng):

@@ -213,8 +213,8 @@ def to_grid(samples, interval_s=DEFAULT_INTERVAL_S, origin_s=None, max_gap_s=Non
     n = math.floor((pts[-1][0] - t0) / dt) + 1 if pts[-1][0] >= t0 else 0
     if n > MAX_GRID_POINTS:
         raise ValueError("the log spans %s s, which at a %s s interval is %d grid points, more "
-                         "than the %d this analysis takes on" % (_num(pts[-1][0] - t0), _num(dt),
-                                                                 n, MAX_GRID_POINTS))  # fmt: skip
+                         "than the %d this analysis takes on"
+                         % (num_text(pts[-1][0] - t0), num_text(dt), n, MAX_GRID_POINTS))
     masses = []
     interp = 0
     j = 0  # pts[j] is the last reading at or before the grid time (once one exists)
@@ -389,7 +389,7 @@ def analyse(samples, rate_ul_h, density=DEFAULT_DENSITY, interval_s=DEFAULT_INTE
         rep.startup.append((i * dt / 60, q))
     if n_pts < 2:
         rep.notes.append("The log holds fewer than two readings on the %s s grid: there is "
-                         "nothing to analyse." % _num(dt))  # fmt: skip
+                         "nothing to analyse." % num_text(dt))  # fmt: skip
         return rep
     k0 = math.ceil(start * 60 / dt)
     last = n_pts - 1
@@ -401,14 +401,14 @@ def analyse(samples, rate_ul_h, density=DEFAULT_DENSITY, interval_s=DEFAULT_INTE
         k0 += 1
     if k0 >= last or w[k0] is None or w[last] is None:
         rep.notes.append("The log covers %s min, which leaves no analysis period after %s min: "
-                         "only the start-up curve is reported." % (_num((n_pts - 1) * dt / 60),
-                                                                  _num(start)))  # fmt: skip
+                         "only the start-up curve is reported." % (num_text((n_pts - 1) * dt / 60),
+                                                                  num_text(start)))  # fmt: skip
         _skip_all(rep, wins, "there is no analysis period")
         return rep
     rep.k0, rep.k1 = k0, last
     if k0 != math.ceil(start * 60 / dt):
         rep.notes.append("The analysis starts at %s min, the first reading after %s min."
-                         % (_num(k0 * dt / 60), _num(start)))  # fmt: skip
+                         % (num_text(k0 * dt / 60), num_text(start)))  # fmt: skip
     period = (last - k0) * dt  # s
     rep.mean_rate = flow_ul_h(w[last] - w[k0], period, d)
     rep.overall = 100 * (rep.mean_rate - r) / r
@@ -429,13 +429,13 @@ def _window(rep, p, w, k0, k1):
     span = p * 60 / dt
     if span.denominator != 1 or span < 1:
         return Window(p, 0, 0, [], None, None,
-                      skipped="not a whole number of %s s sample intervals" % _num(dt))
+                      skipped="not a whole number of %s s sample intervals" % num_text(dt))
     n = int(span)
     m = (k1 - k0) - n + 1
     if m < 1:
         return Window(p, n, 0, [], None, None,
                       skipped="longer than the %s min analysis period"
-                      % _num((k1 - k0) * dt / 60))  # fmt: skip
+                      % num_text((k1 - k0) * dt / 60))  # fmt: skip
     seconds = p * 60
     # E_j = c * dW - 100, with c fixed for the window: one exact multiply per window.
     c = 100 * _NL_PER_UL * _S_PER_H / (rep.density * seconds * rep.rate)
@@ -454,12 +454,9 @@ def _window(rep, p, w, k0, k1):
     return Window(p, n, m, errs, bound, cov)
 
 
-def _num(x):
-    """A Fraction as a short decimal for sentences."""
-    x = Fraction(x)
-    if x.denominator == 1:
-        return str(x.numerator)
-    return ("%.3f" % float(x)).rstrip("0").rstrip(".")
+def num_text(x, places=3):
+    """A number as a short decimal for people (at most `places` decimals, no trailing zeros)."""
+    return ("%.*f" % (places, float(x))).rstrip("0").rstrip(".")
 
 
 # ---- bolus accuracy ----
