@@ -302,6 +302,12 @@ class Outcome:
         return out
 
 
+def log_args(vp, name):
+    """The args of every record named `name` in vp's flash log, oldest first."""
+    records, _ = vp.app.store.log.scan()
+    return [r[2][3] for r in records if r[2][2] == name]
+
+
 # ---- checks (each returns a list of failures) ----
 
 

@@ -2,6 +2,7 @@
 # through real ATT and SMP: connect, pair, discover, read, write, subscribe, MTU, disconnect.
 
 import asyncio
+import socket
 
 from bumble import hci
 from bumble.core import UUID as BumbleUUID
@@ -13,7 +14,6 @@ from bumble.transport import open_transport
 from boards.sim.ble_bumble import PUMP_ADDRESS, UUID
 
 IO_DISPLAY_YES_NO = PairingDelegate.IoCapability.DISPLAY_OUTPUT_AND_YES_NO_INPUT
-IO_KEYBOARD_DISPLAY = PairingDelegate.IoCapability.DISPLAY_OUTPUT_AND_KEYBOARD_INPUT
 IO_NONE = PairingDelegate.IoCapability.NO_OUTPUT_NO_INPUT
 IO_KEYBOARD_ONLY = PairingDelegate.IoCapability.KEYBOARD_INPUT_ONLY
 IO_DISPLAY_ONLY = PairingDelegate.IoCapability.DISPLAY_OUTPUT_ONLY
@@ -58,7 +58,6 @@ class Central:
         self.passkey = None  # what the user types when the pump displays a passkey
         self.compared = []  # numbers shown for numeric comparison
         self.displayed = []  # passkeys this central displayed
-        self.security_requests = []  # auth_req of each SMP Security Request from the pump
         self.security_task = None  # the pairing/encryption started by a Security Request
         self.pairing = dict(sc=True, mitm=True, bonding=True, io=IO_DISPLAY_YES_NO)
         device.pairing_config_factory = self._pairing_config
@@ -92,7 +91,6 @@ class Central:
 
     def _on_security_request(self, auth_req):
         # What a phone does: re-encrypt with the bond it has, or pair.
-        self.security_requests.append(auth_req)
         self.security_task = asyncio.get_running_loop().create_task(self._secure())
 
     async def _secure(self):
@@ -127,10 +125,6 @@ class Central:
     async def exchange_mtu(self, mtu=247):
         return await self.peer.request_mtu(mtu)
 
-    @property
-    def mtu(self):
-        return self.connection.att_mtu
-
     # ---- GATT ------------------------------------------------------------------------------
 
     async def discover(self):
@@ -142,14 +136,8 @@ class Central:
                 await characteristic.discover_descriptors()
         return self.peer.services
 
-    def characteristic(self, uuid, service=None):
-        service_proxy = None
-        if service is not None:
-            matches = self.peer.get_services_by_uuid(_uuid(service))
-            if not matches:
-                raise LookupError("no service %r on the pump" % (service,))
-            service_proxy = matches[0]
-        found = self.peer.get_characteristics_by_uuid(_uuid(uuid), service_proxy)
+    def characteristic(self, uuid):
+        found = self.peer.get_characteristics_by_uuid(_uuid(uuid))
         if not found:
             raise LookupError("no characteristic %r on the pump" % (uuid,))
         return found[0]
@@ -165,9 +153,6 @@ class Central:
     async def write(self, target, data):
         """Write with response; longer than MTU-3 uses Prepare/Execute Write (long write)."""
         await self.peer.gatt_client.write_value(self._handle(target), bytes(data), True)
-
-    async def write_command(self, target, data):
-        await self.peer.gatt_client.write_value(self._handle(target), bytes(data), False)
 
     async def subscribe(self, uuid, indicate=False):
         """Write the CCCD and return an asyncio.Queue of the values received."""
@@ -197,6 +182,13 @@ class Central:
             client.send_confirmation = lambda confirmation: None
         else:
             client.__dict__.pop("send_confirmation", None)
+
+
+def free_port():
+    """A TCP port on 127.0.0.1 that was free a moment ago (for a server a test starts)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 async def next_value(queue, timeout_s=2.0):

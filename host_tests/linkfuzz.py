@@ -89,25 +89,25 @@ class Checker:
         self.rig = rig
         self.therapy = rig.state()
         self.counters = dict(rig.vp.sup.counters)
+        # The highest counter the pump has taken from the patient role (what draw() calls an
+        # old counter is at or below it).
         self.used = rig.svc.conns[1].session.last_counter
-
-    def last(self):
-        """The highest counter the pump has taken from the patient role (what draw() calls an
-        old counter is at or below it)."""
-        return self.used
 
     def saved(self):
         return self.counters.get("patient", 0)
+
+    def _spent(self, n):
+        # Counter n was spent: the pump saves it (with a reservation of the next ones) if it is
+        # beyond what was saved.
+        self.used = n
+        if n > self.saved():
+            self.counters["patient"] = n + SV.COUNTER_RESERVE
 
     def check(self, kind, ch, frame, spent, result):
         bad = []
         rig = self.rig
         if spent is not None and result != K.DUPLICATE:
-            # A valid MAC and a fresh counter: spent, and saved (with a reservation of the
-            # next ones) if beyond what was saved.
-            self.used = spent
-            if spent > self.saved():
-                self.counters["patient"] = spent + SV.COUNTER_RESERVE
+            self._spent(spent)  # a valid MAC and a fresh counter
         elif result == K.SUCCESS and ch != SV.CH_AUTH_CP:
             bad.append("an unauthenticated %s frame succeeded: %s" % (kind, frame.hex()))
         if rig.state() != self.therapy:
@@ -131,7 +131,5 @@ class Checker:
         c._pending.clear()
         c._out[SV.CH_STATUS_CP] = (conn.e2e_in[SV.CH_STATUS_CP] + 1) & 0xFF
         reply = self.rig.ask(c, SV.CH_STATUS_CP, K.GET_STATUS)
-        self.used = c.counter
-        if c.counter > self.saved():
-            self.counters["patient"] = c.counter + SV.COUNTER_RESERVE
+        self._spent(c.counter)
         return reply.ok and struct.unpack_from("<B", reply.data, 0)[0] == K.MODE_RUN

@@ -11,8 +11,6 @@ from tools.linkclient import Client
 PUMP_ID = b"ITB-SIM-0001"
 KEYS = {K.CLINICIAN: bytes(range(32)), K.PATIENT: bytes(range(100, 132))}
 HANDLE = 1
-# What each control point's records come on.
-DATA_OF = SV.DATA_CHAR
 
 
 OPEN = []  # rigs not yet closed (a test fixture closes them)
@@ -27,6 +25,13 @@ def therapy(sup):
             eng.next_conc(), None if sup.staged is None else sup.staged.key(),
             eng.streams(), list(eng._patient_starts), sup.alarms.active(),
             sup.refill_status(), sup.reservoir.low_nl, sup.wall_off_ms)  # fmt: skip
+
+
+def events(rig, name):
+    """The args of the flash-log records named `name`, read after the rig (this one or a
+    RadioRig) has run 10 s: time for the storage task to write what was logged."""
+    rig.run(10_000)
+    return S.log_args(rig.vp, name)
 
 
 class Rig:
@@ -116,7 +121,7 @@ class Rig:
     def ask(self, c, ch, op, operand=b"", ms=2_000):
         """Send one command from client c; returns its checked Reply."""
         res, sent = self.write(ch, c.command(ch, op, operand), ms)
-        data_ch = DATA_OF[ch]
+        data_ch = SV.DATA_CHAR[ch]
         reply = None
         for _h, sch, frame, _ind in sent:
             if sch == data_ch:

@@ -7,15 +7,13 @@ once; the pump's radio task runs when the virtual pump's loop runs; run() altern
 import radio as RADIO
 from host_tests import appscen as S
 from host_tests.fakes import bluetooth as BT
+from host_tests.linkrig import KEYS, PUMP_ID
 from link import codes as K
 from link import keys as KF
 from link import service as SV
 from tools.linkclient import Client
 
-PUMP_ID = b"ITB-SIM-0001"
-KEYS = {K.CLINICIAN: bytes(range(32)), K.PATIENT: bytes(range(100, 132))}
 CHAR_NO = {ch: n for ch, n, _flags in RADIO.CHARS}
-DATA_OF = SV.DATA_CHAR
 STEP_MS = 10
 
 
@@ -46,7 +44,6 @@ class RadioRig:
             BT._run()
             self.scen.run_to(min(end, self.vp.loop.now + STEP_MS))
             BT._run()
-        BT._check()
 
     def press(self):
         """The pump's button: acknowledges alarms and opens the pairing window."""
@@ -63,7 +60,6 @@ class RadioRig:
         """Pair and let the pump answer its passkey action; True if a bond resulted."""
         central.pair()
         self.run(50)
-        BT._run()
         return bool(central.result) and central.bonded == 1
 
     def subscribe(self, central):
@@ -81,16 +77,15 @@ class RadioRig:
         return err, self._new(central, before)
 
     def _seen(self, central):
-        return {h: len(v) for h, v in list(central.indications.items())
-                + list(central.notifications.items())}  # fmt: skip
+        return {h: len(v) for h, v in central.notifications.items()}
 
     def _new(self, central, before):
+        # The notifications since `before`, and every indication held (callers that need only
+        # the new ones clear central.indications first).
         out = []
         for ch, h in self.handles.items():
-            for store in (central.notifications, central.indications):
-                got = store.get(h, [])
-                n = before.get(h, 0) if store is central.notifications else 0
-                out.extend((ch, f) for f in got[n:])
+            out.extend((ch, f) for f in central.notifications.get(h, [])[before.get(h, 0):])
+            out.extend((ch, f) for f in central.indications.get(h, []))
         return out
 
     def login(self, central, role=K.CLINICIAN, counter=0):
@@ -113,10 +108,10 @@ class RadioRig:
         assert err == 0, err
         reply = None
         for sch, frame in got:
-            if sch == DATA_OF[ch]:
+            if sch == SV.DATA_CHAR[ch]:
                 c.record(sch, frame)
         for sch, frame in got:
             if sch == ch:
-                reply = c.response(ch, frame, DATA_OF[ch])
+                reply = c.response(ch, frame, SV.DATA_CHAR[ch])
         assert reply is not None, got
         return reply

@@ -6,6 +6,7 @@ runtimes report them alike. No hypothesis, f-strings or CPython-only modules her
 import struct
 
 from host_tests import appscen as S
+from host_tests.linkrig import events
 from host_tests.radiorig import BT, RadioRig
 from link import codes as K
 from link import service as SV
@@ -14,12 +15,6 @@ from pump import rx as RX
 
 _IO_KEYBOARD_ONLY = 2
 _IO_NO_INPUT_OUTPUT = 3
-
-
-def _events(rig, name):
-    rig.run(10_000)
-    records, _ = rig.vp.app.store.log.scan()
-    return [r[2][3] for r in records if r[2][2] == name]
 
 
 def _paired(rig, **kw):
@@ -47,10 +42,10 @@ def pairing_window(rig):
     c2 = rig.central(addr=b"\xc0\x99\x88\x77\x66\x55")
     if rig.pair(c2):
         bad.append("bonded after the window closed")
-    outcomes = [e[3] for e in _events(rig, "ble_pairing")]
+    outcomes = [e[3] for e in events(rig, "ble_pairing")]
     if outcomes != [False, True, False]:
         bad.append("pairing attempts logged as %r" % (outcomes,))
-    if len(_events(rig, "ble_pairing_window")) != 1:
+    if len(events(rig, "ble_pairing_window")) != 1:
         bad.append("the window's opening is not logged once")
     return bad
 
@@ -97,7 +92,7 @@ def session_bolus_and_replay(rig):
         bad.append("a replayed frame moved the counters")
     if len(rig.vp.app.journal.pending) < log_len:
         bad.append("the log lost events")
-    results = [e[3] for e in _events(rig, "ble_command")]
+    results = [e[3] for e in events(rig, "ble_command")]
     if K.REPLAYED not in results:
         bad.append("the replay is not logged as refused: %r" % (results,))
     return bad
@@ -155,7 +150,7 @@ def congestion_and_silence(rig):
     c.ack_mode = "hold"
     before = len(rig.vp.delivered)
     rig.write(c, SV.CH_STATUS_CP, cl.command(SV.CH_STATUS_CP, K.GET_STATUS), ms=40_000)
-    if not _events(rig, "ble_indicate_timeout"):
+    if not events(rig, "ble_indicate_timeout"):
         bad.append("an unacknowledged indication is not logged")
     if c.connected:
         bad.append("the link stays up after ATT's transaction timeout")
@@ -236,7 +231,7 @@ def other_pairing_methods_dropped(rig):
         rig.run(100)
     if BT._state["bonds_made"]:
         bad.append("a bond was stored")
-    if [e[3] for e in _events(rig, "ble_pairing")] != [False, False]:
+    if [e[3] for e in events(rig, "ble_pairing")] != [False, False]:
         bad.append("the refused pairings are not logged")
     return bad
 

@@ -1,24 +1,18 @@
 # A virtual pump with its radio in another process (tools/sim_radio.py on a free port, fresh
 # keys), paired once by pumpctl: what the host tools' end-to-end tests drive.
 
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
 from click.testing import CliRunner
 
+from host_tests.blecentral import free_port  # the pumpctl tests import it from here too
 from itbtools import pumpctl as CTL
 from tools import provision as P
 
 ROOT = Path(__file__).resolve().parent.parent
 PUMP_ID = "ITB-CTL-1"
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class SimPump:

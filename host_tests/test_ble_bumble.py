@@ -3,10 +3,8 @@
 
 import asyncio
 import errno
-import socket
 
 import pytest
-from blecentral import IO_DISPLAY_ONLY, IO_KEYBOARD_ONLY, IO_NONE, Central, next_value
 from bumble import att
 from bumble.controller import Controller
 from bumble.core import ProtocolError
@@ -15,6 +13,14 @@ from bumble.transport import open_transport
 
 from boards.sim import ble_bumble as bt
 from boards.sim.ble_bumble import UUID
+from host_tests.blecentral import (
+    IO_DISPLAY_ONLY,
+    IO_KEYBOARD_ONLY,
+    IO_NONE,
+    Central,
+    free_port,
+    next_value,
+)
 
 _IRQ_CENTRAL_CONNECT = 1
 _IRQ_CENTRAL_DISCONNECT = 2
@@ -704,15 +710,9 @@ def test_deactivation_drops_connections_and_services():
     run(body())
 
 
-def _free_port():
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def test_tcp_transport_lets_another_host_connect():
     async def body():
-        port = _free_port()
+        port = free_port()
         ble, server = await bt.open_tcp_server("127.0.0.1:%d" % port)
         fw = Firmware(ble)
         ble.active(True)
@@ -736,7 +736,7 @@ def test_tcp_transport_lets_another_host_connect():
 
 def test_pump_on_an_external_controller_over_tcp_client():
     async def body():
-        port = _free_port()
+        port = free_port()
         # Stands in for a controller process (e.g. Bumble's `bumble-controllers` app).
         link = LocalLink()
         served = await open_transport("tcp-server:127.0.0.1:%d" % port)

@@ -14,6 +14,7 @@ from boards.sim import realtime
 from host_tests import appscen as S
 from host_tests import linkrig
 from host_tests.blecentral import IO_NONE, Central
+from host_tests.linkrig import KEYS, PUMP_ID
 from link import codes as K
 from link import keys as KF
 from link import service as SV
@@ -22,9 +23,6 @@ from pump import alarms as A
 from pump import reasons as R
 from pump import rx as RX
 from tools import linksession as LS
-
-PUMP_ID = b"ITB-SIM-0001"
-KEYS = {K.CLINICIAN: bytes(range(32)), K.PATIENT: bytes(range(100, 132))}
 
 
 class Bench:
@@ -123,8 +121,7 @@ class Bench:
         return n
 
     def events(self, name):
-        records, _ = self.vp.app.store.log.scan()
-        return [r[2][3] for r in records if r[2][2] == name]
+        return S.log_args(self.vp, name)
 
 
 def run(coro_fn, accel=1, replay=True):

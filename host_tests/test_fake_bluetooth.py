@@ -307,8 +307,9 @@ def test_register_needs_active_radio_and_quiet_link(radio):
             ble.gatts_register_services(bad)
 
 
-@given(st.integers(1, 64), st.binary(max_size=100))
-def test_remote_writes_are_silently_truncated(size, data):
+def _one_write_char():
+    """A fresh active radio with one writable characteristic, and a central connected to it:
+    (ble, central, value handle)."""
     bt._reset()
     ble = bt.BLE()
     ble.active(True)
@@ -316,6 +317,12 @@ def test_remote_writes_are_silently_truncated(size, data):
     ble.gap_advertise(100_000)
     c = bt._Central()
     c.connect()
+    return ble, c, h
+
+
+@given(st.integers(1, 64), st.binary(max_size=100))
+def test_remote_writes_are_silently_truncated(size, data):
+    ble, c, h = _one_write_char()
     ble.gatts_set_buffer(h, size)
     assert c.write(h, data) == 0
     assert ble.gatts_read(h) == data[:size]
@@ -323,13 +330,7 @@ def test_remote_writes_are_silently_truncated(size, data):
 
 @given(st.integers(1, 64), st.lists(st.binary(max_size=20), max_size=8))
 def test_append_mode_concatenates_until_read(size, writes):
-    bt._reset()
-    ble = bt.BLE()
-    ble.active(True)
-    ((h,),) = ble.gatts_register_services(((bt.UUID(1), ((bt.UUID(2), bt.FLAG_WRITE),)),))
-    ble.gap_advertise(100_000)
-    c = bt._Central()
-    c.connect()
+    ble, c, h = _one_write_char()
     ble.gatts_set_buffer(h, size, True)
     for w in writes:
         assert c.write(h, w) == 0
@@ -417,7 +418,13 @@ def _pair(ble, app, pump_io, central_io, mitm=True, answer=1, le_secure=True):
     acts = app.of(31)
     if result is None:
         (_, _, action, number) = acts[-1]
-        ble.gap_passkey(conn, action, answer if action == 4 else (number or 246810))
+        if action == 4:
+            value = answer
+        elif action == 2:  # the pump types what the central displays
+            value = c.displayed
+        else:
+            value = number or 246810
+        ble.gap_passkey(conn, action, value)
         bt._run()
     return c, conn, acts
 
@@ -437,16 +444,7 @@ def _pair(ble, app, pump_io, central_io, mitm=True, answer=1, le_secure=True):
 )
 def test_pairing_method_and_outcome(radio, pump_io, central_io, mitm, action, authenticated):
     ble, app, _ = radio
-    if action == 2:
-        ble.config(io=pump_io, mitm=mitm)
-        c = bt._Central(io=central_io, mitm=mitm)
-        conn = c.connect()
-        assert c.pair() is None
-        ble.gap_passkey(conn, 2, c.displayed)
-        bt._run()
-        acts = app.of(31)
-    else:
-        c, conn, acts = _pair(ble, app, pump_io, central_io, mitm)
+    c, conn, acts = _pair(ble, app, pump_io, central_io, mitm)
     assert [a[2] for a in acts] == ([] if action is None else [action])
     assert c.result is True
     assert app.of(28)[-1] == (28, conn, 1, authenticated, 1, 16)

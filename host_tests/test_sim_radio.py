@@ -2,14 +2,13 @@
 # process reaches it over Bumble's TCP transport, pairs, authenticates and reads its status.
 
 import asyncio
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from host_tests.blecentral import Central
+from host_tests.blecentral import Central, free_port
 from link import codes as K
 from link import keys as KF
 from link import service as SV
@@ -19,18 +18,12 @@ from tools import provision as P
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.req("SR-25")
 def test_a_programmer_in_another_process_reaches_the_virtual_pump(tmp_path):
     paths = P.provision("ITB-TCP-1", tmp_path)
     pump_id, role, key, counter = P.load_key_file(paths["patient"])
     assert KF.decode(paths["pump"].read_bytes())[0] == pump_id
-    spec = "127.0.0.1:%d" % _free_port()
+    spec = "127.0.0.1:%d" % free_port()
     proc = subprocess.Popen(
         [sys.executable, str(ROOT / "tools" / "sim_radio.py"), "--keys", str(paths["pump"]),
          "--listen", spec, "--no-console", "--minutes", "2"],

@@ -63,7 +63,7 @@ def fuzz(frames=FRAMES):
         @given(data=st.data())
         def run(data):
             for _ in range(PER_EXAMPLE):
-                kind, ch, frame, spent = LF.draw(data, c, checker.last())
+                kind, ch, frame, spent = LF.draw(data, c, checker.used)
                 try:
                     res, _ = rig.write(ch, frame, ms=5_000)
                 except Exception:  # noqa: BLE001 - counted: the metric must be 0

@@ -14,7 +14,7 @@ else is a test control with an underscore name (as in the machine fake):
   _fail_next(op, nth) make the nth next gatts_notify/gatts_indicate raise OSError (ENOMEM default)
   _advertising()      the current advertising state (None when off), for asserting payloads
   _handle_of(uuid)    the value handle of a registered characteristic or descriptor
-  _state              counters and records: irq_errors, violations, notify, indicate, bonds_made
+  _state              counters and records: irq_errors, violations, bonds_made
   _check()            raise AssertionError for each misuse the fake saw (a kept memoryview, ...)
 
 Stale memoryviews: every addr/key/value view handed to the handler is read-only and its bytes are
@@ -137,8 +137,6 @@ class _Radio:
         self.conns = {}  # conn handle -> _Central
         self.later = []
         self.faults = {}  # "notify"/"indicate" -> [calls left before the fault, count, errno]
-        self.depth = 0
-        self.irk = None
 
 
 class _Attr:
@@ -158,8 +156,6 @@ def _reset():
     _state.clear()
     _state["irq_errors"] = []  # (event, "ExcType: message") per exception the handler raised
     _state["violations"] = []  # misuse the fake detected; _check() raises them
-    _state["notify"] = 0  # gatts_notify calls that sent
-    _state["indicate"] = 0
     _state["bonds_made"] = 0
 
 
@@ -195,10 +191,6 @@ def _nargs(name, args, kw, lo, hi):
         raise TypeError("function doesn't take keyword arguments")
     if not lo <= len(args) <= hi:
         raise TypeError("function %s takes %d..%d positional arguments" % (name, lo + 1, hi + 1))
-
-
-def _oserror(code):
-    return OSError(code)
 
 
 # --- the IRQ handler call, with views that die when it returns ---------------------------------
@@ -245,14 +237,11 @@ def _irq(event, items, buffers=()):
     if _CPYTHON:
         base = [sys.getrefcount(data)] + [sys.getrefcount(v) for v, _ in views]
     result = None
-    r.depth += 1
     try:
         result = h(event, data)
     except Exception as e:  # noqa: BLE001 - the port catches everything, prints it, goes on
         _handler_failed(event, e)
         result = None
-    finally:
-        r.depth -= 1
     if _CPYTHON:
         now = [sys.getrefcount(data)] + [sys.getrefcount(v) for v, _ in views]
         if now != base:
@@ -448,15 +437,15 @@ class BLE:
                 return bytes(r.gap_name)
             if name == "mac":
                 if not r.active:
-                    raise _oserror(_ENODEV)
+                    raise OSError(_ENODEV)
                 if r.addr_mode == 0:
                     return (0, _PUBLIC_ADDR)
                 if r.addr_mode in (1, 3):
                     return (1, bytes([0xC0 | 0x1A]) + _PUBLIC_ADDR[1:])
-                raise _oserror(_EINVAL)
+                raise OSError(_EINVAL)
             if name == "mtu":
                 if not r.active:
-                    raise _oserror(_ENODEV)
+                    raise OSError(_ENODEV)
                 return r.mtu
             raise ValueError("unknown config param")
         if args:
@@ -466,19 +455,19 @@ class BLE:
             if name == "gap_name":
                 b = _buf(value)
                 if len(b) > _GAP_NAME_MAX:
-                    raise _oserror(_EINVAL)
+                    raise OSError(_EINVAL)
                 r.gap_name = b
             elif name == "mtu":
                 m = _int(value)
                 if not r.active:
-                    raise _oserror(_ENODEV)
+                    raise OSError(_ENODEV)
                 if not _MTU_MIN <= m <= _MTU_MAX:
-                    raise _oserror(_EINVAL)
+                    raise OSError(_EINVAL)
                 r.mtu = m
             elif name == "addr_mode":
                 m = _int(value)
                 if not r.active:
-                    raise _oserror(_ENODEV)
+                    raise OSError(_ENODEV)
                 if 0 <= m <= 3:
                     r.addr_mode = m
             elif name in ("bond", "mitm", "le_secure"):
@@ -504,20 +493,20 @@ class BLE:
             return None
         units = _int(interval_us) // 625
         if not r.active:
-            raise _oserror(_ENODEV)
+            raise OSError(_ENODEV)
         r.adv = None
         if adv_data is not None:
             b = _buf(adv_data)
             if len(b) > _ADV_DATA_MAX:
-                raise _oserror(_EINVAL)
+                raise OSError(_EINVAL)
             r.adv_data = b
         if resp_data is not None:
             b = _buf(resp_data)
             if len(b) > _ADV_DATA_MAX:
-                raise _oserror(_EINVAL)
+                raise OSError(_EINVAL)
             r.resp_data = b
         if units and not 0x20 <= units <= 0x4000:
-            raise _oserror(_EINVAL)
+            raise OSError(_EINVAL)
         r.adv = {"interval_us": units * 625, "connectable": bool(connectable)}
         return None
 
@@ -525,7 +514,7 @@ class BLE:
         _nargs("gap_disconnect", args, kw, 1, 1)
         conn = _int(args[0])
         if not _r.active:
-            raise _oserror(_ENODEV)
+            raise OSError(_ENODEV)
         c = _r.conns.get(conn)
         if c is None:
             return False
@@ -536,7 +525,7 @@ class BLE:
         _nargs("gap_pair", args, kw, 1, 1)
         c = _r.conns.get(_int(args[0]))
         if c is None:
-            raise _oserror(_ENOTCONN)
+            raise OSError(_ENOTCONN)
         _later(c._security_request)
         return None
 
@@ -544,14 +533,14 @@ class BLE:
         _nargs("gap_passkey", args, kw, 3, 3)
         conn, action, passkey = _int(args[0]), _int(args[1]), _int(args[2])
         if action not in (_ACT_INPUT, _ACT_DISPLAY, _ACT_NUMCMP):
-            raise _oserror(_EINVAL)
+            raise OSError(_EINVAL)
         c = _r.conns.get(conn)
         if c is None or c._pairing is None or c._pairing.get("answer") is not None:
-            raise _oserror(_ENOENT)
+            raise OSError(_ENOENT)
         if action != c._pairing["action"] or (
             action != _ACT_NUMCMP and not 0 <= passkey <= 999999
         ):
-            raise _oserror(_EINVAL)
+            raise OSError(_EINVAL)
         c._pairing["answer"] = passkey
         _later(c._pair_step)
         return None
@@ -561,9 +550,9 @@ class BLE:
         services = args[0]
         r = _r
         if not r.active:
-            raise _oserror(_ENODEV)
+            raise OSError(_ENODEV)
         if r.adv is not None or r.conns:
-            raise _oserror(_EBUSY)  # ble_gatts_reset refuses while advertising/connected
+            raise OSError(_EBUSY)  # ble_gatts_reset refuses while advertising/connected
         r.attrs = {}
         r.n_services = 0
         result = []
@@ -571,7 +560,7 @@ class BLE:
         for svc in services:
             svc = _fixed(svc, 2)
             if r.n_services == _MAX_SERVICES:
-                raise _oserror(_E2BIG)
+                raise OSError(_E2BIG)
             if not isinstance(svc[0], UUID):
                 raise ValueError("invalid service UUID")
             r.n_services += 1
@@ -619,10 +608,10 @@ class BLE:
         data = _buf(args[1])
         send_update = len(args) == 3 and bool(args[2])
         if not _r.active:
-            raise _oserror(_ENODEV)
+            raise OSError(_ENODEV)
         a = _r.attrs.get(h)
         if a is None:
-            raise _oserror(_EINVAL)
+            raise OSError(_EINVAL)
         if len(data) > a.alloc:
             a.alloc = len(data)  # a local write grows the buffer
         a.data = data
@@ -648,10 +637,10 @@ class BLE:
         h, n = _int(args[0]), _int(args[1])
         append = len(args) == 3 and bool(args[2])
         if not _r.active:
-            raise _oserror(_ENODEV)
+            raise OSError(_ENODEV)
         a = _r.attrs.get(h)
         if a is None:
-            raise _oserror(_EINVAL)
+            raise OSError(_EINVAL)
         a.alloc = n
         a.data = b""  # mp_bluetooth_gatts_db_resize empties the value
         a.append = append
@@ -671,7 +660,7 @@ def _send_args(op, args):
     data = args[2] if len(args) == 3 else None
     r = _r
     if not r.active:
-        raise _oserror(_ENODEV)
+        raise OSError(_ENODEV)
     f = r.faults.get(op)
     if f is not None:
         f[0] -= 1
@@ -679,16 +668,15 @@ def _send_args(op, args):
             f[1] -= 1
             if f[1] <= 0:
                 del r.faults[op]
-            raise _oserror(f[2])
+            raise OSError(f[2])
     c = r.conns.get(conn)
     if c is None:
-        raise _oserror(_ENOTCONN)
+        raise OSError(_ENOTCONN)
     a = r.attrs.get(h)
     if a is None:
-        raise _oserror(_ENOENT)
+        raise OSError(_ENOENT)
     if op == "indicate" and c._inflight is not None:
-        raise _oserror(_EALREADY)  # one indication in flight per connection
-    _state[op] += 1
+        raise OSError(_EALREADY)  # one indication in flight per connection
     return c, h, a.data if data is None else _buf(data)
 
 
@@ -724,11 +712,8 @@ def _init():
     r.addr_mode = 0
     # load_irk(): read our IRK, or make one and offer it to the store.
     irk = _irq(_IRQ_GET_SECRET, (_SEC_IRK, 0), (b"irk",))
-    if irk is not None and len(_buf(irk)) == 16:
-        r.irk = _buf(irk)
-    else:
-        r.irk = bytes([0x5A ^ i for i in range(16)])
-        _set_secret(_SEC_IRK, b"irk", r.irk)
+    if irk is None or len(_buf(irk)) != 16:
+        _set_secret(_SEC_IRK, b"irk", bytes([0x5A ^ i for i in range(16)]))
 
 
 def _deinit():
@@ -794,7 +779,6 @@ class _Central:
         self.truncated = 0  # notifications/indications cut to MTU - 3
         self.unsubscribed = 0  # sent although the central had not subscribed
         self.ltk = None  # set once a bond was made: resume() uses it
-        self.bond_authenticated = 0
         self._reset_link()
 
     def _reset_link(self):
@@ -959,7 +943,6 @@ class _Central:
             if _store(_SEC_OUR, key, value) and _store(_SEC_PEER, key, value):
                 self.bonded = 1
                 self.ltk = ltk
-                self.bond_authenticated = self.authenticated
             else:
                 self.result = False
         if self.conn is not None:
